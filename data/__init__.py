@@ -1,0 +1,1 @@
+"""Datasets, converters to TRL formats, and the label store."""
