@@ -62,6 +62,7 @@ replies = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("model", sa.String(500)),
     sa.UniqueConstraint("item_id", "position"),
+    sa.Index("replies_by_item", "item_id"),
 )
 
 annotators = sa.Table(
@@ -90,6 +91,7 @@ labels = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.UniqueConstraint("item_id", "annotator_id", name="one_label_per_annotator"),
+    sa.Index("labels_by_annotator", "annotator_id"),
 )
 
 reply_flags = sa.Table(
@@ -115,9 +117,7 @@ feedback = sa.Table(
 def _v1_core_tables(conn: Connection) -> None:
     """Version 1: items, replies, annotators, holds, labels, reply flags."""
     for table in (items, replies, annotators, holds, labels, reply_flags):
-        table.create(conn)
-    sa.Index("labels_by_annotator", labels.c.annotator_id).create(conn)
-    sa.Index("replies_by_item", replies.c.item_id).create(conn)
+        table.create(conn)  # with its indexes
 
 
 def _v2_feedback(conn: Connection) -> None:
@@ -413,7 +413,7 @@ class LabelStore:
         now = time.time() if now is None else now
         with self._write() as conn:
             annotator_id = self._annotator_id(conn, annotator)
-            conn.execute(holds.delete().where(holds.c.held_until < now))
+            conn.execute(holds.delete().where(holds.c.held_until <= now))
             labeled_by_me = sa.exists().where(labels.c.item_id == items.c.id, labels.c.annotator_id == annotator_id)
             item_id = conn.scalar(
                 sa.select(holds.c.item_id).join(items, items.c.id == holds.c.item_id)
@@ -442,7 +442,7 @@ class LabelStore:
             if annotator is not None:
                 query = query.where(holds.c.annotator_id == self._annotator_id(conn, annotator))
             if expired_only:
-                query = query.where(holds.c.held_until < now)
+                query = query.where(holds.c.held_until <= now)
             return conn.execute(query).rowcount
 
     def active_holds(self, *, now: float | None = None) -> list[tuple[int, str, float]]:
@@ -451,7 +451,7 @@ class LabelStore:
         with self._read() as conn:
             rows = conn.execute(sa.select(holds.c.item_id, annotators.c.name, holds.c.held_until)
                                 .join(annotators, annotators.c.id == holds.c.annotator_id)
-                                .where(holds.c.held_until >= now).order_by(holds.c.item_id)).all()
+                                .where(holds.c.held_until > now).order_by(holds.c.item_id)).all()
         return [tuple(r) for r in rows]
 
     # -- labels
