@@ -1,0 +1,262 @@
+"""The gate's reports: gate_report.json (everything measured) and gate_report.html (tables + plots).
+
+The HTML file stands alone: its plots (matplotlib) are embedded as base64 PNG images. Plots: the checks of the
+model against its parent with 95% intervals, histograms of toxicity, CrowS-Pairs by bias type, BBQ by category
+and BOLD by group, each with the parent beside the model when the parent's figures are known.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+JSON_NAME = "gate_report.json"
+HTML_NAME = "gate_report.html"
+CHILD_COLOR, PARENT_COLOR = "#1f77b4", "#aaaaaa"
+
+
+def write_reports(out_dir: Path, gate: dict, options, child: dict, parent: dict | None,
+                  error_trace: str | None = None) -> tuple[Path, Path]:
+    """Write both reports atomically into out_dir; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gate": gate,
+        "model": {"source": child.get("source"), "timing": child.get("timing", {})},
+        "parent": None if parent is None else {
+            "source": parent.get("source"), "from": gate["figures"].get("parent_from"),
+            "metrics": parent.get("metrics", {}), "figures": parent.get("figures", {}),
+        },
+        "options": dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options,
+        "most_toxic_replies": child.get("examples", []),
+        "error_trace": error_trace,
+    }
+    json_path = _write(out_dir / JSON_NAME, json.dumps(report, indent=2, default=_json_default) + "\n")
+    html_path = _write(out_dir / HTML_NAME, render_html(report))
+    return json_path, html_path
+
+
+def _json_default(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width, height))
+
+
+def _paired_bars(ax, labels: list[str], child: list[float], parent: list[float] | None, title: str,
+                 child_err=None, parent_err=None) -> None:
+    import numpy as np
+
+    y = np.arange(len(labels))
+    height = 0.4 if parent is not None else 0.7
+    ax.barh(y - (height / 2 if parent is not None else 0), child, height, color=CHILD_COLOR, label="model",
+            xerr=child_err, capsize=2)
+    if parent is not None:
+        ax.barh(y + height / 2, parent, height, color=PARENT_COLOR, label="parent", xerr=parent_err, capsize=2)
+        ax.legend(loc="best", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=10)
+
+
+def _errors(metrics: dict, names: list[str]):
+    import numpy as np
+
+    low, high = [], []
+    for name in names:
+        m = metrics.get(name) or {}
+        value, ci = m.get("value"), m.get("ci95") or [None, None]
+        if value is None or ci[0] is None or ci[1] is None:
+            low.append(0.0), high.append(0.0)
+        else:
+            low.append(max(value - ci[0], 0.0)), high.append(max(ci[1] - value, 0.0))
+    return np.array([low, high])
+
+
+def plot_checks(report: dict) -> str | None:
+    checks = report["gate"]["checks"]
+    if not checks:
+        return None
+    names = [c["name"] for c in checks]
+    child_metrics = {c["name"]: c for c in checks}
+    parent_metrics = (report.get("parent") or {}).get("metrics") or {}
+    child = [c["value"] if c["value"] is not None else 0.0 for c in checks]
+    parent = [(parent_metrics.get(n) or {}).get("value") for n in names]
+    has_parent = any(p is not None for p in parent)
+    fig, ax = _figure(8, 0.35 * len(names) + 1.2)
+    _paired_bars(ax, names, child, [p or 0.0 for p in parent] if has_parent else None,
+                 "checks: model vs parent (95% bootstrap intervals)", _errors(child_metrics, names),
+                 _errors(parent_metrics, names) if has_parent else None)
+    return _png(fig)
+
+
+def plot_toxicity_histogram(report: dict) -> str | None:
+    tox = report["gate"]["figures"]["benchmarks"].get("toxicity")
+    if not tox:
+        return None
+    parent = ((report.get("parent") or {}).get("figures") or {}).get("toxicity")
+    edges = tox["histogram"]["edges"]
+    fig, axes = _figure(9, 3, ncols=2)
+    for ax, key, title in ((axes[0], "max_per_prompt", "highest toxicity per prompt"),
+                           (axes[1], "per_reply", "toxicity of every reply")):
+        ax.stairs(tox["histogram"][key], edges, fill=True, alpha=0.6, color=CHILD_COLOR, label="model")
+        if parent:
+            ax.stairs(parent["histogram"][key], parent["histogram"]["edges"], color="black", label="parent")
+            ax.legend(fontsize=8)
+        ax.axvline(tox.get("threshold", 0.5), color="red", linestyle=":", linewidth=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("toxicity", fontsize=8)
+    return _png(fig)
+
+
+def _group_plot(child: dict, parent: dict | None, key: str, title: str) -> str | None:
+    labels = list(child)
+    if not labels:
+        return None
+    values = [child[g].get(key) for g in labels]
+    if all(v is None for v in values):
+        return None
+    parents = [((parent or {}).get(g) or {}).get(key) for g in labels] if parent else None
+    fig, ax = _figure(8, 0.3 * len(labels) + 1.2)
+    _paired_bars(ax, labels, [v if v is not None else 0.0 for v in values],
+                 [p if p is not None else 0.0 for p in parents] if parents else None, title)
+    return _png(fig)
+
+
+def group_plots(report: dict) -> list[tuple[str, str]]:
+    """(title, png) for CrowS-Pairs, BBQ and BOLD per-group figures."""
+    figures = report["gate"]["figures"]["benchmarks"]
+    parent = ((report.get("parent") or {}).get("figures")) or {}
+    plots = []
+    crows = figures.get("crows_pairs")
+    if crows:
+        plots.append(("CrowS-Pairs by bias type", _group_plot(
+            crows["by_bias_type"], (parent.get("crows_pairs") or {}).get("by_bias_type"), "stereotype_share",
+            "CrowS-Pairs: share preferring the more stereotyping sentence (0.5 = unbiased)")))
+    bbq = figures.get("bbq")
+    if bbq:
+        parent_bbq = (parent.get("bbq") or {}).get("by_category")
+        for key, title in (("ambiguous_bias", "BBQ bias score, ambiguous contexts"),
+                           ("disambiguated_accuracy", "BBQ accuracy, disambiguated contexts")):
+            plots.append((title, _group_plot(bbq["by_category"], parent_bbq, key, title)))
+    bold = figures.get("bold")
+    if bold:
+        parent_domains = (parent.get("bold") or {}).get("domains") or {}
+        for domain, entry in bold["domains"].items():
+            parent_groups = (parent_domains.get(domain) or {}).get("groups")
+            for score in ("sentiment", "toxicity"):
+                title = f"BOLD {domain}: mean {score} per group (gap {entry.get(f'{score}_gap', float('nan')):.3f})"
+                plots.append((title, _group_plot(entry["groups"], parent_groups, score, title)))
+    return [(t, p) for t, p in plots if p]
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+
+
+def _num(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _check_rows(report: dict) -> str:
+    rows = []
+    for c in report["gate"]["checks"]:
+        limits = ", ".join(f"{k} {c[k]}" for k in ("max", "min", "max_increase", "max_decrease") if c.get(k) is not None)
+        delta = "–" if c["parent"] is None or c["value"] is None else f"{c['value'] - c['parent']:+.3f}"
+        ci = c.get("ci95") or [None, None]
+        status = "pass" if c["passed"] else "FAIL"
+        rows.append(
+            f"<tr class='{status.lower()}'><td>{html.escape(c['name'])}</td><td>{_num(c['value'])}</td>"
+            f"<td>[{_num(ci[0])}, {_num(ci[1])}]</td><td>{_num(c['parent'])}</td><td>{delta}</td>"
+            f"<td>{html.escape(limits) or '–'}</td><td>{status}</td><td>{html.escape(c.get('reason') or '')}</td></tr>")
+    return "\n".join(rows)
+
+
+def render_html(report: dict) -> str:
+    gate = report["gate"]
+    figures = gate["figures"]
+    verdict = gate["verdict"]
+    header = [f"<p class='verdict {verdict}'>verdict: {verdict.upper()}</p>",
+              f"<p>model: <code>{html.escape(str(figures.get('source')))}</code>"
+              f" &middot; stage: {html.escape(str(figures.get('stage')))}"
+              f" &middot; parent: <code>{html.escape(str(figures.get('parent_source')))}</code>"
+              f" ({html.escape(str(figures.get('parent_from')))})"
+              f" &middot; settings {html.escape(str(figures.get('fingerprint')))}"
+              f" &middot; wall time {figures.get('timing', {}).get('gate_wall_s', '?')} s</p>"]
+    if gate.get("override"):
+        header.append(f"<p class='override'>promoted by override: {html.escape(gate['override'])}</p>")
+    if gate.get("error"):
+        header.append(f"<p class='error'>error while gating (the gate fails closed): {html.escape(gate['error'])}</p>")
+    plots = []
+    try:
+        for title, png in ([("checks", plot_checks(report)), ("toxicity", plot_toxicity_histogram(report))]
+                           + group_plots(report)):
+            if png:
+                plots.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
+                             f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    except Exception as exc:  # a plot must not hide the verdict
+        plots.append(f"<p class='error'>plots failed: {html.escape(str(exc))}</p>")
+    examples = "".join(
+        f"<tr><td>{_num(e['toxicity'])}</td><td>{html.escape(e['source'])}</td><td>{html.escape(e['prompt'])}</td>"
+        f"<td>{html.escape(e['reply'])}</td></tr>" for e in report.get("most_toxic_replies") or [])
+    trace = report.get("error_trace")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>align gate report: {verdict}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ddd; padding: 3px 6px; }}
+tr.fail td {{ background: #fde2e2; }} .verdict {{ font-size: 1.6em; font-weight: bold; }}
+.verdict.pass {{ color: #16803c; }} .verdict.fail {{ color: #b91c1c; }} .error {{ color: #b91c1c; }}
+.override {{ color: #b45309; }} figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Toxicity and bias gate</h1>
+{''.join(header)}
+<h2>Checks</h2>
+<table><tr><th>check</th><th>value</th><th>95% CI</th><th>parent</th><th>change</th><th>limits</th>
+<th>result</th><th>why</th></tr>
+{_check_rows(report)}
+</table>
+<p>A check passes when its value is within its limits (the point estimate is compared, not the interval)
+and, when the parent is known, within the allowed change. Intervals are percentile bootstrap intervals.</p>
+<h2>Plots</h2>
+{''.join(plots)}
+<h2>Most toxic replies</h2>
+<table><tr><th>toxicity</th><th>source</th><th>prompt</th><th>reply</th></tr>{examples}</table>
+{f'<h2>Error</h2><pre>{html.escape(trace)}</pre>' if trace else ''}
+</body></html>
+"""

@@ -1,0 +1,199 @@
+"""run_gate: measure a model (and its parent when needed), judge the checks, write the reports.
+
+The parent's figures come, in order of preference, from the parent's manifest `gate` object (when it was
+measured with the same settings: same fingerprint), from align's cache of earlier measurements
+(`cache_dir("gates", <hash of source + settings>)`), or from measuring the parent now (then cached). A base
+model has no manifest, so it is measured once per settings and reused by every later gate.
+
+Fail closed: any exception while measuring or judging gives the verdict "fail" with `error` set, and the
+reports are still written.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+import traceback
+from pathlib import Path
+
+from align.gates.policy import (
+    GateOptions,
+    as_options,
+    effective_options,
+    fingerprint,
+    judge,
+    limits_for,
+    verdict,
+)
+from align.paths import cache_dir
+
+CACHE_VERSION = "v1"
+
+
+def _say(message: str) -> None:
+    print(f"[align] gate: {message}", flush=True)
+
+
+def load_scorer_for(options: GateOptions):
+    """The toxicity scorer the options name, or None for `scorer: none`."""
+    if str(options.scorer).lower() == "none":
+        if "toxicity" in options.benchmarks:
+            from align.errors import ConfigError
+
+            raise ConfigError("gate.scorer=none cannot run the toxicity check: drop it from gate.benchmarks")
+        return None
+    if not {"toxicity", "bold"} & set(options.benchmarks):
+        return None
+    from align.gates.toxicity import load_scorer
+
+    return load_scorer(options.scorer)
+
+
+def measure_model(source: str, options: GateOptions, scorer, model_options=None, device: str = "auto",
+                  progress: bool = True) -> dict:
+    """Every selected benchmark on one model: {"metrics": {name: {value, ci95}}, "figures", "examples", "timing"}."""
+    from align.gates import bias, toxicity_eval
+    from align.models import load_causal_lm, load_tokenizer
+
+    options = effective_options(options)
+    unknown = set(options.benchmarks) - {"toxicity", "crows_pairs", "bbq", "bold"}
+    if unknown:
+        from align.errors import ConfigError
+
+        raise ConfigError(f"gate.benchmarks: unknown {sorted(unknown)}; choose from toxicity, crows_pairs, bbq, bold")
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(source, model_options)
+    model = load_causal_lm(source, model_options, device=device)
+    timing = {"load_s": round(time.perf_counter() - started, 1)}
+    metrics, figures, examples = {}, {}, []
+    try:
+        for name in ("toxicity", "crows_pairs", "bbq", "bold"):
+            if name not in options.benchmarks:
+                continue
+            _say(f"{name} on {source}")
+            t0 = time.perf_counter()
+            if name == "toxicity":
+                m, f, examples = toxicity_eval.evaluate_toxicity(model, tokenizer, scorer, options, progress)
+            elif name == "crows_pairs":
+                m, f = bias.evaluate_crows_pairs(model, tokenizer, options, progress)
+            elif name == "bbq":
+                m, f = bias.evaluate_bbq(model, tokenizer, options, progress)
+            else:
+                m, f = bias.evaluate_bold(model, tokenizer, scorer, options, progress)
+            metrics.update(m)
+            figures[name] = f
+            timing[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+    finally:
+        del model
+        gc.collect()
+    timing["total_s"] = round(time.perf_counter() - started, 1)
+    return {"source": source, "metrics": metrics, "figures": figures, "examples": examples, "timing": timing}
+
+
+def _source_identity(source: str) -> str:
+    """The source, plus size and mtime of a local folder's files, so that a changed folder is re-measured."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return source
+    stamps = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime))
+                    for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+    return json.dumps([str(path.resolve()), stamps])
+
+
+def measurement_cache_file(source: str, options: GateOptions) -> Path:
+    key = hashlib.sha256(f"{CACHE_VERSION}|{_source_identity(source)}|{fingerprint(options)}".encode()).hexdigest()
+    return cache_dir("gates", key[:24]) / "measurement.json"
+
+
+def measure_cached(source: str, options: GateOptions, scorer, model_options=None, device: str = "auto",
+                   progress: bool = True) -> tuple[dict, str]:
+    """A model's measurement from align's cache, or measured now and cached; returns (measurement, origin)."""
+    path = measurement_cache_file(source, options)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text()), "cache"
+        except (OSError, json.JSONDecodeError):
+            pass
+    measurement = measure_model(source, options, scorer, model_options, device, progress)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(measurement, indent=1, default=float))
+    tmp.replace(path)
+    return measurement, "measured"
+
+
+def parent_from_gate(parent_gate: dict | None, options: GateOptions) -> dict | None:
+    """The parent's figures from its manifest's gate object, if it measured the same way and without error."""
+    if not parent_gate or parent_gate.get("error"):
+        return None
+    if (parent_gate.get("figures") or {}).get("fingerprint") != fingerprint(options):
+        return None
+    metrics = {c["name"]: {"value": c.get("value"), "ci95": c.get("ci95")} for c in parent_gate.get("checks", [])}
+    return {"metrics": metrics, "figures": (parent_gate.get("figures") or {}).get("benchmarks", {}),
+            "source": (parent_gate.get("figures") or {}).get("source")}
+
+
+def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Path, parent_source: str | None = None,
+             parent_gate: dict | None = None, model_options=None, device: str = "auto",
+             override_reason: str | None = None, progress: bool = True) -> dict:
+    """Gate a model; write gate_report.json and gate_report.html into out_dir; return the manifest's gate object.
+
+    `options`: GateOptions or the recipe's `gate` node. `parent_gate`: the parent's manifest "gate" object
+    (its figures are reused when they were measured the same way); `parent_source`: where to measure the parent
+    otherwise (None: no regression checks). Never raises for a measurement problem: the verdict is "fail" and
+    "error" says what went wrong.
+    """
+    from align.gates.report import write_reports
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    error = None
+    error_trace = None
+    child: dict = {"source": model_source, "metrics": {}, "figures": {}, "examples": [], "timing": {}}
+    parent: dict | None = None
+    parent_origin = None
+    checks: list[dict] = []
+    opts = GateOptions()
+    try:
+        opts = as_options(options)
+        scorer = load_scorer_for(effective_options(opts))
+        child = measure_model(model_source, opts, scorer, model_options, device, progress)
+        parent = parent_from_gate(parent_gate, opts)
+        if parent is not None:
+            parent_origin = "manifest"
+        elif parent_source:
+            parent, parent_origin = measure_cached(parent_source, opts, scorer, model_options, device, progress)
+        parent_values = {k: v["value"] for k, v in parent["metrics"].items()} if parent else None
+        checks = judge(child["metrics"], parent_values, limits_for(opts, stage))
+    except Exception as exc:  # fail closed: whatever broke, the gate fails and says why
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        error_trace = traceback.format_exc()
+        _say(f"error while gating: {error}")
+        if child["metrics"] and not checks:
+            checks = judge(child["metrics"], None, limits_for(opts, stage))
+    gate = {
+        "verdict": verdict(checks, error),
+        "checks": checks,
+        "override": override_reason,
+        "error": error,
+        "figures": {
+            "fingerprint": fingerprint(opts),
+            "source": model_source,
+            "stage": stage,
+            "parent_source": parent_source if parent_origin != "manifest" else (parent or {}).get("source") or parent_source,
+            "parent_from": parent_origin,
+            "benchmarks": child["figures"],
+            "timing": {**child["timing"], "gate_wall_s": round(time.perf_counter() - started, 1)},
+        },
+    }
+    if not checks and error is None:
+        gate["verdict"] = "fail"
+        gate["error"] = "no checks were measured (gate.benchmarks is empty?)"
+    try:
+        write_reports(out_dir, gate, opts, child=child, parent=parent, error_trace=error_trace)
+    except Exception as exc:
+        gate["verdict"] = "fail"
+        gate["error"] = (gate["error"] + "; " if gate["error"] else "") + f"writing the gate report failed: {exc}"
+    gate["figures"]["timing"]["gate_wall_s"] = round(time.perf_counter() - started, 1)
+    return gate
