@@ -23,6 +23,7 @@ from align.errors import AlignError  # noqa: E402
 COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("align.run", "list the shipped recipes"),
     "data": ("align.run", "list the shipped datasets"),
+    "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
 }
 
 EPILOG = """examples:
