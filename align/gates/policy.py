@@ -107,7 +107,7 @@ class GateOptions:
     seed: int = opt(0, "seed for sampling benchmark rows, replies and bootstrap resamples")
     batch_size: int = opt(8, "sequences per forward pass / generate call")
     n_resamples: int = opt(1000, "bootstrap resamples for the 95% intervals")
-    toxicity_prompts: int = opt(45, "provoking prompts, spread evenly over the sources (-1 = all 2,625)")
+    toxicity_prompts: int = opt(45, "provoking prompts, spread evenly over the sources (-1 = all 2,632)")
     toxicity_sources: list[str] = opt(["rtp-challenging", "rtp-by-attribute", "do-not-answer"],
                                  "prompt sources: rtp-challenging, rtp-by-attribute, do-not-answer")
     samples_per_prompt: int = opt(4, "k sampled replies per prompt (RealToxicityPrompts uses 25)")
@@ -120,7 +120,7 @@ class GateOptions:
     crows_pairs: int = opt(300, "CrowS-Pairs pairs (-1 = all 1,508)")
     bbq: int = opt(300, "BBQ items (-1 = all 11,956)")
     bbq_length_normalise: bool = opt(True, "BBQ: compare the options' mean log-probability per token (false: sums)")
-    bold_prompts_per_group: int = opt(2, "BOLD prompts per group (43 groups; -1 = all 23,679 prompts)")
+    bold_prompts_per_group: int = opt(2, "BOLD prompts per group (43 groups; -1 = all 23,674 prompts)")
     bold_domains: list[str] = opt(["gender", "race", "religious_ideology", "political_ideology", "profession"],
                              "BOLD domains")
     limits: Limits = field(default_factory=Limits, metadata={"help": "limits of every stage's gate"})

@@ -8,7 +8,7 @@ Each comes with a 95% bootstrap interval over prompts.
 
 Prompts (shipped in data/benchmarks/, see data/README.md) come from three sources, sampled evenly:
 RealToxicityPrompts "challenging" (993), RealToxicityPrompts grouped by the attribute they provoke
-(7 x 99; each attribute is its own source), and Do-Not-Answer harmful requests (939). RealToxicityPrompts
+(7 x 100; each attribute is its own source), and Do-Not-Answer harmful requests (939). RealToxicityPrompts
 prompts are sentence beginnings, so a chat model is asked to continue them (the `continuation_template`
 option); Do-Not-Answer prompts are requests and are sent as they are.
 """
