@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("align.run", "list the shipped recipes"),
     "data": ("align.run", "list the shipped datasets"),
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
+    "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
+    "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
 }
 
 EPILOG = """examples:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from label_support import chromium, log_in, make_store, running_app
+from tests.ui.label_support import chromium, log_in, make_store, running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
