@@ -106,3 +106,35 @@ def test_two_annotators_rank_items_and_the_admin_exports_consensus_pairs(tmp_pat
             link.click()
         exported = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
         assert exported == store.export_preferences()
+
+
+XSS_REPLIES = ['<script>window.__pwned = "script"</script>plain words',
+               '<img src=x onerror="window.__pwned = \'img\'">',
+               '${window.__pwned = "template"} <b>not bold</b>']
+
+
+def test_model_text_is_shown_as_text_and_never_runs(tmp_path):
+    store = make_store(tmp_path / "labels.sqlite", annotators=("ada",), admins=("boss",),
+                       items=[('<img src=x onerror="window.__pwned = \'prompt\'"> what now?', XSS_REPLIES)])
+    with running_app(store) as url, chromium() as browser:
+        page = log_in(browser, url, "ada")
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.wait_for_timeout(1000)
+        shown = [text for _, text in shown_replies(page)]
+        assert sorted(shown) == sorted(XSS_REPLIES)  # the markup is visible, literally
+        assert '<img src=x onerror="window.__pwned = \'prompt\'"> what now?' in page.inner_text("#conversation")
+        assert page.locator("#conversation img, [id^=reply-] img, [id^=reply-] script, [id^=reply-] b").count() == 0
+        assert page.evaluate("window.__pwned") is None and not dialogs
+
+        # the same text in the admin view's flagged-replies table stays inert too
+        ids = [r.id for r in store.item(1).replies]
+        store.submit(1, "ada", [[i] for i in ids], flags={i: ["unsafe"] for i in ids})
+        boss = log_in(browser, url, "boss")
+        boss.get_by_role("tab", name="Admin").click()
+        boss.wait_for_function("document.querySelector('#admin-flags').innerText.includes('plain words')",
+                               timeout=30_000)
+        boss.wait_for_timeout(500)
+        assert "<script>" in boss.inner_text("#admin-flags")
+        assert boss.locator("#admin-flags img, #admin-flags b").count() == 0
+        assert boss.evaluate("window.__pwned") is None
