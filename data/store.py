@@ -20,14 +20,15 @@ store is opened. How rankings become preference rows (the consensus rule) is in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,6 +261,9 @@ class LabelStore:
         if annotators_per_item < 1:
             raise AlignError(f"annotators per item must be at least 1, got {annotators_per_item}")
         self.engine = engine
+        # SQLite has one writer at a time; queueing this process's writers on a lock is fairer and
+        # quicker than SQLite's busy-wait back-off (other processes still wait on busy_timeout).
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         self.annotators_per_item = annotators_per_item
         self.hold_seconds = hold_seconds
 
@@ -274,15 +278,15 @@ class LabelStore:
         return f"LabelStore({self.url!r})"
 
     # -- transactions
-    @contextmanager
+    @contextlib.contextmanager
     def _read(self):
         with self.engine.connect() as conn:
             yield conn
 
-    @contextmanager
+    @contextlib.contextmanager
     def _write(self):
         """One write transaction (on SQLite it holds the write lock from the start)."""
-        with self.engine.connect() as conn:
+        with self._write_lock, self.engine.connect() as conn:
             conn.execution_options(align_write=True)
             with conn.begin():
                 yield conn
