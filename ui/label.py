@@ -136,7 +136,7 @@ def build_app(store: LabelStore, *, k_order_seed: int = 0, hold_seconds: float |
                 slots = []
                 for letter in LETTERS:
                     with gr.Group(visible=False, elem_classes=["align-slot"], elem_id=f"slot-{letter}") as group:
-                        gr.Markdown(f"**Reply {letter}**", padding=True)
+                        gr.Markdown(f"#### Reply {letter}", padding=True)
                         reply = gr.HTML(elem_id=f"reply-{letter}", elem_classes=["align-reply"])
                         with gr.Row():
                             rank = gr.Radio(choices=[], label=f"Rank of reply {letter}", elem_id=f"rank-{letter}",
