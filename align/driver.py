@@ -119,7 +119,11 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     print(f"[align] {name}: run folder {run_dir} (parent: {parent.source})", flush=True)
 
     started = time.time()
-    metrics = stage.run(ctx)
+    try:
+        metrics = stage.run(ctx)
+    except BaseException:
+        work.abandon()  # keeps checkpoints for --resume, removes anything else half-written
+        raise
     wall = time.time() - started
 
     gate = None

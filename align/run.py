@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("align.run", "list the shipped recipes"),
     "data": ("align.run", "list the shipped datasets"),
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
+    "toxicity-model": ("align.gates.toxicity", "build the offline toxicity scorer (Detoxify format) and print its held-out AUROC"),
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
     "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
 }
@@ -121,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may stand anywhere on the line, before or after options
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0

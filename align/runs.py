@@ -91,6 +91,15 @@ class StageWork:
             return None
         return str(max(folders, key=lambda p: int(p.name.split("-")[-1])))
 
+    def abandon(self) -> None:
+        """After a failure: keep checkpoints (for --resume), remove everything else, leave no empty folders."""
+        if self.last_checkpoint() is not None:
+            return
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        for folder in (self.run_dir / ".work", self.run_dir):
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+
     def promote(self) -> Path:
         """Move the finished output into place (replacing an older finished stage of the same run)."""
         if self.final_dir.exists():

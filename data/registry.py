@@ -90,9 +90,9 @@ def _read_file(path: Path) -> list:
                 raise DataError(path, None, None, "a JSON dataset must be a list of rows (or {\"data\": [...]})")
             return data
         if name.endswith(".parquet"):
-            import pandas as pd
+            import pyarrow.parquet as pq
 
-            return pd.read_parquet(path).to_dict(orient="records")
+            return pq.read_table(path).to_pylist()
         if name.endswith(".csv"):
             import pandas as pd
 

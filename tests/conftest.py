@@ -1,0 +1,35 @@
+"""Shared fixtures: the tiny model, a CLI runner, and a session-wide tiny SFT artifact."""
+
+from __future__ import annotations
+
+import os
+
+for _var, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False"),
+                     ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_var, _value)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers import run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from align.models import ensure_tiny
+
+    return ensure_tiny()
+
+
+@pytest.fixture()
+def runs_dir(tmp_path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tmp_path_factory, tiny_model_dir) -> Path:
+    """A finished, promoted SFT stage on the tiny model (runs/<run>/sft), shared by the whole session."""
+    runs = tmp_path_factory.mktemp("session-runs")
+    assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "session", "max_steps=4") == 0
+    return runs / "session" / "sft"
