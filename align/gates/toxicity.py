@@ -139,6 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
     parser.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 is much faster on a CPU shared with other jobs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -171,7 +173,9 @@ def main(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
     }
-    folder = build_offline_checkpoint(args.out, force=args.force, progress=not args.no_progress, **options)
+    folder = build_offline_checkpoint(
+        args.out, force=args.force, progress=not args.no_progress, threads=args.threads, **options
+    )
     print(format_report(read_report(folder)))
     print(f"checkpoint: {folder / CHECKPOINT_NAME}")
     print(f"huggingface_config_path: {folder / CONFIG_FOLDER}")

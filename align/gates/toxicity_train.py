@@ -61,10 +61,12 @@ class BuildOptions:
     """How the offline scorer is trained. The defaults give the cached `minilm-<version>` scorer.
 
     epochs: passes over the training rows; max_steps: stop after this many optimizer steps (None: all);
-    batch_size, learning_rate, max_length (tokens per text), seed; davidson_train_rows: how many of
-    Davidson's 24k tweets to train on (class-balanced); max_train_rows: cap on training rows per source
+    batch_size, learning_rate, max_length (tokens per text), seed; civil_train_rows: how many Civil
+    Comments rows to train on (stratified by toxic or not; None: all 4,250 outside the held-out split);
+    davidson_train_rows: how many of Davidson's 24k tweets to train on (class-balanced); max_train_rows: cap on training rows per source
     (None: all; for quick test builds); eval_rows: cap on held-out rows per source used in the report
-    (None: the whole held-out split); freeze_embeddings: keep the word embeddings fixed (faster on CPU);
+    (None: the whole held-out split); freeze_embeddings: keep the word embeddings fixed and
+    frozen_layers: keep this many of the lowest encoder layers fixed (both make CPU training faster);
     base_model: folder of the pretrained BERT encoder + tokenizer (None: the shipped MiniLM).
     """
 
@@ -72,12 +74,14 @@ class BuildOptions:
     max_steps: int | None = None
     batch_size: int = 16
     learning_rate: float = 1e-4
-    max_length: int = 128
+    max_length: int = 96
     seed: int = 0
-    davidson_train_rows: int = 1500
+    civil_train_rows: int | None = 2400
+    davidson_train_rows: int = 600
     max_train_rows: int | None = None
     eval_rows: int | None = None
     freeze_embeddings: bool = True
+    frozen_layers: int = 2
     base_model: str | None = None
 
 
@@ -225,7 +229,7 @@ def split_heldout(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def select_training_rows(pool: pd.DataFrame, options: BuildOptions) -> pd.DataFrame:
-    """The rows to train on: all of Civil Comments and Jigsaw, a class-balanced sample of Davidson."""
+    """The rows to train on: Jigsaw's, a stratified sample of Civil Comments, a class-balanced one of Davidson."""
     rng = np.random.default_rng(options.seed)
     parts = []
     for source, group in pool.groupby("source", sort=True):
@@ -235,6 +239,10 @@ def select_training_rows(pool: pd.DataFrame, options: BuildOptions) -> pd.DataFr
                 take = min(per_class, len(by_class))
                 parts.append(by_class.iloc[np.sort(rng.choice(len(by_class), take, replace=False))])
             continue
+        if source == "civil" and options.civil_train_rows is not None and options.civil_train_rows < len(group):
+            group = group.groupby("stratum", group_keys=False).sample(
+                frac=options.civil_train_rows / len(group), random_state=options.seed
+            )
         parts.append(group)
     chosen = pd.concat(parts)
     if options.max_train_rows is not None:
@@ -330,7 +338,9 @@ def train_classifier(model, tokenizer, rows: pd.DataFrame, options: BuildOptions
     if options.max_steps is not None:
         total = min(total, options.max_steps)
     if options.freeze_embeddings:
-        model.base_model.embeddings.word_embeddings.requires_grad_(False)
+        model.base_model.embeddings.requires_grad_(False)
+    for layer in model.base_model.encoder.layer[: options.frozen_layers]:
+        layer.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, int(0.06 * total)), total)
@@ -425,21 +435,41 @@ def _versions() -> dict:
 
 
 def build_offline_checkpoint(
-    out_dir: Path | None = None, *, force: bool = False, progress: bool = True, **options
+    out_dir: Path | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+    **options,
 ) -> Path:
     """Build (or return the cached) offline Detoxify-format toxicity checkpoint; returns its folder.
 
     `options` are BuildOptions fields (epochs, max_steps, batch_size, ...). The folder holds
     toxicity.ckpt, hf/ and report.json; it is written under a temporary name and renamed into place,
     so a cache folder is either complete or absent. A complete folder is reused unless `force`.
+    `threads`: torch CPU threads while building (None: torch's default); on a CPU shared with other
+    jobs, 1 thread avoids oversubscription and can be several times faster.
     """
     import torch
-    import transformers
 
     opts = make_options(**options)
     out_dir = Path(out_dir).expanduser().resolve() if out_dir is not None else default_checkpoint_dir(opts)
     if is_complete(out_dir) and not force:
         return out_dir
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        _build(out_dir, opts, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return out_dir
+
+
+def _build(out_dir: Path, opts: BuildOptions, progress: bool) -> None:
+    """Train, evaluate on the held-out split, and write the finished folder to `out_dir`."""
+    import torch
+    import transformers
 
     wall_started = time.perf_counter()
     base = Path(opts.base_model) if opts.base_model else shipped_minilm_dir()
@@ -449,6 +479,7 @@ def build_offline_checkpoint(
     eval_rows = limit_per_source(heldout, opts.eval_rows)
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(base, local_files_only=True)
         model = transformers.BertForSequenceClassification.from_pretrained(
@@ -523,7 +554,6 @@ def build_offline_checkpoint(
         _promote(work, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return out_dir
 
 
 def _promote(work: Path, out_dir: Path) -> None:
