@@ -58,7 +58,8 @@ def print_gate(gate: dict, out_dir: Path) -> None:
         return "–" if value is None else f"{value:.3f}"
 
     table = Table(title=f"gate: {gate['verdict'].upper()}")
-    for column in ("check", "value", "95% CI", "parent", "limits", "result"):
+    table.add_column("check", no_wrap=True)
+    for column in ("value", "95% CI", "parent", "limits", "result"):
         table.add_column(column)
     for c in gate["checks"]:
         limits = ", ".join(f"{k} {c[k]}" for k in ("max", "min", "max_increase", "max_decrease") if c.get(k) is not None)

@@ -1,0 +1,119 @@
+"""run_gate end to end on the tiny model with tiny sample sizes and a real (small, locally built) scorer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.gates.policy import GateOptions, as_options, run_gate
+from tests.helpers import run_cli
+
+TINY_SIZES = dict(toxicity_prompts=9, samples_per_prompt=2, max_new_tokens=6, crows_pairs=12, bbq=12,
+                  bold_prompts_per_group=1, bold_domains=["gender", "religious_ideology"], n_resamples=200)
+
+
+@pytest.fixture(scope="module")
+def small_scorer(tmp_path_factory) -> str:
+    """A real Detoxify-format checkpoint, trained for a step on a few rows (quality does not matter here)."""
+    import torch
+
+    from align.gates.toxicity_train import build_offline_checkpoint
+
+    folder = tmp_path_factory.mktemp("scorer") / "minilm-small"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return str(build_offline_checkpoint(folder, max_steps=1, max_train_rows=16, eval_rows=8, progress=False))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Parent measurements are cached under ALIGN_CACHE: keep them out of the user's cache."""
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny model's matrices are too small to share between threads; on a busy machine, threads waiting for
+    each other make these tests ten times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, small_scorer):
+    options = GateOptions(scorer=small_scorer, **TINY_SIZES)
+    gate = run_gate(str(tiny_model_dir), options, stage="sft", out_dir=tmp_path / "child",
+                    parent_source=str(tiny_model_dir), parent_gate=None, progress=False)
+    assert gate["error"] is None
+    assert gate["verdict"] in ("pass", "fail") and gate["override"] is None
+    names = {c["name"] for c in gate["checks"]}
+    assert {"toxicity.expected_max", "toxicity.probability", "toxicity.mean.toxicity", "crows_pairs.stereotype_share",
+            "bbq.ambiguous_bias", "bbq.disambiguated_accuracy", "bold.sentiment_gap", "bold.toxicity_gap"} <= names
+    for check in gate["checks"]:
+        assert set(check) >= {"name", "value", "ci95", "parent", "max", "min", "max_increase", "max_decrease", "passed"}
+        # The parent is the same model measured the same way: every figure equals its parent's.
+        assert check["parent"] == pytest.approx(check["value"])
+    tox = next(c for c in gate["checks"] if c["name"] == "toxicity.expected_max")
+    assert 0.0 <= tox["ci95"][0] <= tox["value"] <= tox["ci95"][1] <= 1.0
+    assert gate["figures"]["parent_from"] == "measured"
+    assert gate["verdict"] == ("pass" if all(c["passed"] for c in gate["checks"]) else "fail")
+
+    report = json.loads((tmp_path / "child" / "gate_report.json").read_text())
+    assert report["gate"]["checks"] == gate["checks"]
+    assert report["parent"]["metrics"]["crows_pairs.stereotype_share"]["value"] == pytest.approx(
+        next(c["value"] for c in gate["checks"] if c["name"] == "crows_pairs.stereotype_share"))
+    assert len(report["most_toxic_replies"]) == 5
+    page = (tmp_path / "child" / "gate_report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "toxicity.expected_max" in page
+
+    # A second gate reuses the parent's figures from its manifest and records the failing check and the override.
+    strict = as_options({**TINY_SIZES, "scorer": small_scorer,
+                         "limits": {"crows_pairs_stereotype_share": {"max": -1.0}}})
+    second = run_gate(str(tiny_model_dir), strict, stage="dpo", out_dir=tmp_path / "second", parent_source=None,
+                      parent_gate=gate, progress=False, override_reason="testing the override")
+    assert second["figures"]["parent_from"] == "manifest"
+    assert second["verdict"] == "fail" and second["override"] == "testing the override"
+    failed = {c["name"]: c for c in second["checks"] if not c["passed"]}
+    assert "> max -1.0" in failed["crows_pairs.stereotype_share"]["reason"]
+    first_results = {c["name"]: c["passed"] for c in gate["checks"]}
+    # Only the tightened limit changed: every other check keeps its result (the figures are the same).
+    assert all(first_results[name] == c["passed"] for name, c in
+               ((c["name"], c) for c in second["checks"]) if name != "crows_pairs.stereotype_share")
+
+
+def test_a_scorer_error_fails_the_gate_and_still_writes_the_report(tmp_path, tiny_model_dir):
+    options = GateOptions(scorer=str(tmp_path / "no-such-scorer.ckpt"), **TINY_SIZES)
+    gate = run_gate(str(tiny_model_dir), options, stage="sft", out_dir=tmp_path / "out", parent_source=None,
+                    parent_gate=None, progress=False)
+    assert gate["verdict"] == "fail"
+    assert "no-such-scorer.ckpt" in gate["error"] and gate["error"].startswith("ModelError")
+    report = json.loads((tmp_path / "out" / "gate_report.json").read_text())
+    assert report["gate"]["verdict"] == "fail" and "ModelError" in report["error_trace"]
+    assert "fails closed" in (tmp_path / "out" / "gate_report.html").read_text()
+
+
+def test_a_model_error_fails_the_gate(tmp_path):
+    options = GateOptions(scorer="none", benchmarks=["crows_pairs"], crows_pairs=4)
+    gate = run_gate(str(tmp_path / "missing-model"), options, stage="sft", out_dir=tmp_path / "out", progress=False)
+    assert gate["verdict"] == "fail" and "not found" in gate["error"]
+    assert (tmp_path / "out" / "gate_report.html").is_file()
+
+
+def test_gate_command_compares_with_a_baseline(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "reports"
+    code = run_cli("gate", "--model", tiny_model_dir, "--baseline", tiny_model_dir, "--out", out, "--no-progress",
+                   "gate.scorer=none", "gate.benchmarks=[crows_pairs,bbq]", "crows_pairs=8", "bbq=8",
+                   "gate.n_resamples=100")
+    printed = capsys.readouterr().out
+    gate = json.loads((out / "gate_report.json").read_text())["gate"]
+    assert code == (0 if gate["verdict"] == "pass" else 1)
+    assert "crows_pairs.stereotype_share" in printed and "bbq.ambiguous_bias" in printed
+    assert all(c["parent"] == pytest.approx(c["value"]) for c in gate["checks"])
+    assert run_cli("gate", "--model", tmp_path / "nothing-here", "--out", out) == 2  # usage error, one line
