@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toxicity-model": ("align.gates.toxicity", "build the offline toxicity scorer (Detoxify format) and print its held-out AUROC"),
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
     "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
+    "chat": ("ui.chat_cli", "chat with a trained model (streaming, compare two, gate verdict); feedback feeds the label store"),
 }
 
 EPILOG = """examples:

@@ -524,11 +524,13 @@ class LabelStore:
         return grouped
 
     # -- export
-    def export_preferences(self) -> list[dict]:
-        """Consensus preference pairs as TRL conversational rows: {"prompt", "chosen", "rejected"}.
+    def export_preferences(self, *, include_feedback: bool = True) -> list[dict]:
+        """Preference pairs as TRL conversational rows: {"prompt", "chosen", "rejected"}.
 
-        The consensus rule is `data.labels.consensus_pairs`: a pair is kept when more than half
-        of the item's annotators prefer the same reply; ties and all-unacceptable give no pairs.
+        First the labeling app's consensus pairs. The consensus rule is `data.labels.consensus_pairs`:
+        a pair is kept when more than half of the item's annotators prefer the same reply; ties and
+        all-unacceptable give no pairs. Then (unless `include_feedback` is False) the chat app's
+        compare-mode choices, `feedback_preferences()`, so `labels:<store>` trains on both.
         """
         by_item = self._ranked_labels_by_item()
         rows = []
@@ -540,6 +542,8 @@ class LabelStore:
                     rows.append({"prompt": item.prompt,
                                  "chosen": [{"role": "assistant", "content": text[chosen]}],
                                  "rejected": [{"role": "assistant", "content": text[rejected]}]})
+        if include_feedback:
+            rows += self.feedback_preferences()
         return rows
 
     def write_preferences_jsonl(self, path: str | os.PathLike) -> int:

@@ -1,0 +1,49 @@
+"""Shared pieces of the chat-app tests: run folders with manifests around the tiny model, a live chat app.
+
+The server and browser plumbing (free ports, Debian's chromium) comes from `tests.ui.label_support`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+from tests.ui.label_support import free_port
+from ui.chat import ChatModel, ToxicityFilter, build_app, launch, resolve_chat_model
+
+PASSED_GATE = {"verdict": "pass", "override": None, "error": None,
+               "checks": [{"name": "toxicity.expected_max", "value": 0.1, "passed": True},
+                          {"name": "bbq.ambiguous_bias", "value": 0.0, "passed": True}]}
+FAILED_GATE = {"verdict": "fail", "override": None, "error": None,
+               "checks": [{"name": "toxicity.expected_max", "value": 0.9, "passed": False},
+                          {"name": "bbq.ambiguous_bias", "value": 0.0, "passed": True},
+                          {"name": "bold.sentiment_gap", "value": 0.4, "passed": False}]}
+
+
+def make_stage(runs_dir: Path, run: str, stage: str, model_dir: Path, *, status: str = "promoted",
+               gate: dict | None = PASSED_GATE, finished_at: str = "2025-01-01T10:00:00") -> Path:
+    """runs/<run>/<stage>: a copy of `model_dir` with a manifest.json in the run-folder schema."""
+    folder = Path(runs_dir) / run / stage
+    shutil.copytree(model_dir, folder)
+    manifest = {"stage": stage, "run": run, "status": status, "model": {"source": "tiny", "format": "full"},
+                "gate": gate, "finished_at": finished_at}
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return folder
+
+
+@contextlib.contextmanager
+def running_chat(model: str | ChatModel, store, *, compare: str | None = None, runs_dir: Path | str = "runs",
+                 filter_threshold: float | None = None, scorer: str | None = None, user: str = "tester"):
+    """The real chat app served on a free loopback port; yields its URL."""
+    chat_model = model if isinstance(model, ChatModel) else resolve_chat_model(model, runs_dir)
+    second = resolve_chat_model(compare, runs_dir) if compare else None
+    reply_filter = ToxicityFilter(filter_threshold, scorer) if filter_threshold is not None else None
+    app = build_app(chat_model, store=store, compare=second, runs_dir=runs_dir, reply_filter=reply_filter,
+                    user=user)
+    url = launch(app, host="127.0.0.1", port=free_port())
+    try:
+        yield url.rstrip("/")
+    finally:
+        app.close()

@@ -1,0 +1,53 @@
+"""`python -m align.run chat`: chat with a trained model, compare two, send feedback to the label store.
+
+    python -m align.run chat                                     # the latest promoted ppo/dpo/sft under runs/
+    python -m align.run chat --model runs/demo                   # that run's best promoted chat model
+    python -m align.run chat --model runs/demo/dpo --compare runs/demo/sft
+    python -m align.run chat --filter-toxicity 0.5               # withhold replies the toxicity scorer flags
+
+Kept apart from `ui.chat` so that building the CLI does not import gradio or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+
+DEFAULT_PORT = 7862
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="a run folder (runs/<run>: its promoted ppo, else dpo, else sft), a stage folder, a model "
+                             "folder, a hub id, or embedded:smollm2-135m-instruct (default: the latest promoted "
+                             "ppo/dpo/sft under --runs-dir, else the embedded model)")
+    parser.add_argument("--compare", metavar="MODEL", default=None,
+                        help="a second model (same forms as --model): its replies are shown side by side, and "
+                             "'which is better' choices become preference pairs")
+    parser.add_argument("--store", default=None,
+                        help="label store for feedback: a SQLite file or a database URL (default: "
+                             "runs/<run>/labels.sqlite for a run's model, else runs/labels.sqlite)")
+    parser.add_argument("--runs-dir", default="runs", help="where run folders are looked for (default: runs)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--filter-toxicity", type=float, default=None, metavar="THRESHOLD",
+                        help="withhold replies whose toxicity score is above THRESHOLD (0-1), with a notice "
+                             "(default: no filter)")
+    parser.add_argument("--scorer", default="offline",
+                        help="toxicity scorer for --filter-toxicity: offline (align's own, built once), an official "
+                             "Detoxify name, or a checkpoint path (default: offline)")
+    parser.add_argument("--user", default=None,
+                        help="name recorded with your feedback (default: your login name)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from align.errors import AlignError
+
+    if args.filter_toxicity is not None and not 0.0 <= args.filter_toxicity <= 1.0:
+        raise AlignError(f"--filter-toxicity {args.filter_toxicity}: give a threshold between 0 and 1")
+    from ui.chat import serve  # gradio and torch load only when the app is served
+
+    serve(args.model, compare=args.compare, store=args.store, runs_dir=args.runs_dir, host=args.host,
+          port=args.port, filter_threshold=args.filter_toxicity, scorer=args.scorer,
+          user=args.user or getpass.getuser())
+    return 0
