@@ -7,6 +7,7 @@ A stage module (stages/<name>.py) supplies only its own part:
     PARENT_STAGES: tuple[str, ...]   stages whose promoted artifact it starts from by default
     Options: dataclass               its recipe section
     run(ctx: StageContext) -> dict   trains, saves the model into ctx.output_dir, returns metrics
+    GATED: bool (optional)           False for a stage whose artifact generates no text (rm): no gate runs
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     wall = time.time() - started
 
     gate = None
-    if cfg.gate.enabled:
+    if cfg.gate.enabled and getattr(stage, "GATED", True):  # GATED = False: the stage makes no generator
         from align.gates.policy import run_gate
 
         gate = run_gate(str(work.output_dir), cfg.gate, stage=name, out_dir=work.output_dir,

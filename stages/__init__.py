@@ -11,6 +11,8 @@ from types import ModuleType
 STAGES = {
     # name: one-line help
     "sft": "supervised fine-tuning on chat data (TRL SFTTrainer), loss on the assistant's tokens",
+    "rm": "reward model on preference pairs (TRL RewardTrainer), held-out accuracy and length signals",
+    "dpo": "direct preference optimisation (TRL DPOTrainer), evaluated against its parent",
 }
 
 

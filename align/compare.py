@@ -1,0 +1,224 @@
+"""A trained policy against its parent: what DPO (and PPO) report after training.
+
+Definitions (every figure is on held-out data; all log-probabilities are of the reply's tokens only, given the
+prompt under the chat template, tokenized the way TRL's DPOTrainer does):
+
+- `reply_logprobs`: summed log-probability of each reply and its token count.
+- Preference accuracy, likelihood form (defined for any model, the parent included): the share of held-out pairs
+  where the model gives the chosen reply a higher log-probability than the rejected one, either summed over the
+  reply's tokens (`logp_sum`) or per token (`logp_mean`, length-normalised). Ties count half.
+- Preference accuracy, implicit-reward form (DPO's own, defined for a child against its reference = the parent):
+  reward(y) = beta * (log pi(y|x) - log pi_parent(y|x)); the share of pairs with reward(chosen) > reward(rejected).
+  For the parent itself every implicit reward is 0, so its implicit-reward accuracy is 0.5 by construction: that
+  is why the parent's figure is the likelihood form above.
+- KL to the parent, on the child's own samples: for each sampled reply y ~ pi, the exact per-position
+  KL(pi(.|x, y<t) || pi_parent(.|x, y<t)) over the whole vocabulary, summed over the reply's tokens. Its mean over
+  replies (`kl_per_sequence`) estimates the sequence-level KL(pi || pi_parent); divided by the tokens
+  (`kl_per_token`) it is the average per-token KL. Non-negative by construction, unlike the sampled log-ratio.
+- Win rate against the parent, judged by a reward model: both models answer the same held-out prompts; a child
+  reply wins when the RM scores it above the parent's reply to the same prompt (a tie counts half).
+- Mean reply length, in tokens, of each model's sampled replies (a win rate bought with longer replies shows
+  here).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Sequence
+
+Messages = list[dict]
+
+
+# --------------------------------------------------------------------------------------------- tokenization
+
+
+def _prompt_and_reply_ids(tokenizer, prompt: Messages, reply: Messages) -> tuple[list[int], int]:
+    """Token ids of prompt + reply under the chat template, and where the reply starts (as DPOTrainer does)."""
+    prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                               return_dict=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"]
+    start = 0
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        start += 1
+    return full_ids, start
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _padded(rows: list[tuple[list[int], int]], pad_id: int, max_length: int | None):
+    """Right-padded ids, attention mask and reply mask (1 on reply tokens) for (ids, reply start) rows."""
+    import torch
+
+    if max_length:
+        rows = [(ids[:max_length], start) for ids, start in rows]
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    reply = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (tokens, start) in enumerate(rows):
+        ids[i, :len(tokens)] = torch.tensor(tokens)
+        attention[i, :len(tokens)] = 1
+        reply[i, start:len(tokens)] = True
+    return ids, attention, reply
+
+
+@contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+# -------------------------------------------------------------------------------------------- log-probs
+
+
+def reply_logprobs(model, tokenizer, prompts: Sequence[Messages], replies: Sequence[Messages],
+                   max_length: int | None = 1024, batch_size: int = 8) -> tuple[list[float], list[int]]:
+    """Summed log-probability of each reply given its prompt, and the reply's token count."""
+    import torch
+
+    device = next(model.parameters()).device
+    encoded = [_prompt_and_reply_ids(tokenizer, list(p), list(r)) for p, r in zip(prompts, replies)]
+    sums, counts = [], []
+    with _eval_mode(model), torch.no_grad():
+        for chunk in _batches(encoded, batch_size):
+            ids, attention, reply = _padded(chunk, tokenizer.pad_token_id, max_length)
+            ids, attention, reply = ids.to(device), attention.to(device), reply.to(device)
+            logits = model(input_ids=ids, attention_mask=attention).logits.float()
+            token_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            mask = reply[:, 1:]
+            sums.extend((token_lp * mask).sum(dim=1).tolist())
+            counts.extend(mask.sum(dim=1).tolist())
+    return sums, [int(c) for c in counts]
+
+
+def pair_logprobs(model, tokenizer, pairs: Sequence[dict], max_length: int | None = 1024,
+                  batch_size: int = 8) -> dict[str, list]:
+    """Summed log-probs and token counts of the chosen and the rejected reply of each preference pair."""
+    prompts = [p["prompt"] for p in pairs]
+    chosen, chosen_n = reply_logprobs(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length, batch_size)
+    rejected, rejected_n = reply_logprobs(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length,
+                                          batch_size)
+    return {"chosen": chosen, "rejected": rejected, "chosen_tokens": chosen_n, "rejected_tokens": rejected_n}
+
+
+def _win_share(better: Sequence[float], worse: Sequence[float]) -> float:
+    wins = [1.0 if b > w else 0.5 if b == w else 0.0 for b, w in zip(better, worse)]
+    return round(sum(wins) / len(wins), 4) if wins else float("nan")
+
+
+def likelihood_accuracy(logps: dict[str, list]) -> dict[str, float]:
+    """Preference accuracy in the likelihood form: summed and per-token log-prob of chosen vs rejected."""
+    mean_c = [s / max(n, 1) for s, n in zip(logps["chosen"], logps["chosen_tokens"])]
+    mean_r = [s / max(n, 1) for s, n in zip(logps["rejected"], logps["rejected_tokens"])]
+    return {"logp_sum": _win_share(logps["chosen"], logps["rejected"]), "logp_mean": _win_share(mean_c, mean_r)}
+
+
+def implicit_rewards(policy: dict[str, list], reference: dict[str, list], beta: float) -> tuple[list, list]:
+    """DPO's implicit rewards beta * (log pi - log pi_ref) of the chosen and the rejected replies."""
+    chosen = [beta * (p - r) for p, r in zip(policy["chosen"], reference["chosen"])]
+    rejected = [beta * (p - r) for p, r in zip(policy["rejected"], reference["rejected"])]
+    return chosen, rejected
+
+
+def implicit_accuracy(policy: dict[str, list], reference: dict[str, list], beta: float) -> dict[str, float]:
+    """Implicit-reward preference accuracy and mean margin of a policy against its reference."""
+    chosen, rejected = implicit_rewards(policy, reference, beta)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {"accuracy": _win_share(chosen, rejected), "margin": round(sum(margins) / len(margins), 4)}
+
+
+# ------------------------------------------------------------------------------------------------------ KL
+
+
+def kl_to_reference(policy, reference, tokenizer, prompts: Sequence[Messages], replies: Sequence[str],
+                    max_length: int | None = 1024, batch_size: int = 8,
+                    reference_context: Callable | None = None) -> dict[str, float]:
+    """Exact per-position KL(policy || reference) summed over each reply's tokens (see the module docstring).
+
+    reference_context: a context manager factory under which `reference` computes the reference's outputs
+    (for a peft policy whose reference is the same model with its adapter disabled).
+    """
+    import torch
+
+    device = next(policy.parameters()).device
+    encoded = [_prompt_and_reply_ids(tokenizer, list(p), [{"role": "assistant", "content": r}])
+               for p, r in zip(prompts, replies)]
+    total_kl, total_tokens, per_sequence = 0.0, 0, []
+    with _eval_mode(policy), _eval_mode(reference), torch.no_grad():
+        for chunk in _batches(encoded, batch_size):
+            ids, attention, reply = _padded(chunk, tokenizer.pad_token_id, max_length)
+            ids, attention, reply = ids.to(device), attention.to(device), reply.to(device)
+            logp = torch.log_softmax(policy(input_ids=ids, attention_mask=attention).logits.float()[:, :-1], -1)
+            with (reference_context() if reference_context else nullcontext()):
+                ref_logits = reference(input_ids=ids, attention_mask=attention).logits.float()[:, :-1]
+            ref_logp = torch.log_softmax(ref_logits, -1)
+            kl = (logp.exp() * (logp - ref_logp)).sum(-1)  # KL at each position, predicting the next token
+            mask = reply[:, 1:]
+            sequence_kl = (kl * mask).sum(dim=1)
+            per_sequence.extend(sequence_kl.tolist())
+            total_kl += float(sequence_kl.sum())
+            total_tokens += int(mask.sum())
+    return {"kl_per_sequence": round(sum(per_sequence) / max(len(per_sequence), 1), 5),
+            "kl_per_token": round(total_kl / max(total_tokens, 1), 6)}
+
+
+# ------------------------------------------------------------------------------------------ whole report
+
+
+def compare_to_parent(child, parent, tokenizer, pairs: Sequence[dict], prompts: Sequence[Messages], *, beta: float,
+                      reward_model=None, max_length: int | None = 1024, batch_size: int = 8,
+                      max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0,
+                      parent_context: Callable | None = None) -> dict:
+    """Every figure of the module docstring for a child and its parent; returns a flat dict of metrics.
+
+    pairs: held-out preference rows; prompts: held-out prompts both models answer (sampled at `temperature`,
+    top_p 1, so the KL is an estimate of the true one). reward_model: anything align.reward.score takes, or None
+    to skip the win rate. parent_context: see `kl_to_reference` (LoRA: the child with its adapter disabled).
+    """
+    from align.generate import generate_replies
+
+    in_parent = parent_context or nullcontext
+    metrics: dict = {}
+    child_lp = pair_logprobs(child, tokenizer, pairs, max_length, batch_size)
+    with in_parent():
+        parent_lp = pair_logprobs(parent, tokenizer, pairs, max_length, batch_size)
+    for who, lp in (("child", child_lp), ("parent", parent_lp)):
+        for form, value in likelihood_accuracy(lp).items():
+            metrics[f"pref_acc_{form}_{who}"] = value
+    implicit = implicit_accuracy(child_lp, parent_lp, beta)
+    metrics["pref_acc_implicit_child"] = implicit["accuracy"]
+    metrics["implicit_reward_margin"] = implicit["margin"]
+
+    generate = dict(n=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, do_sample=True,
+                    batch_size=batch_size, seed=seed)
+    child_replies = [r[0] for r in generate_replies(child, tokenizer, prompts, desc="child replies", **generate)]
+    with in_parent():
+        parent_replies = [r[0] for r in generate_replies(parent, tokenizer, prompts, desc="parent replies",
+                                                         **generate)]
+    metrics.update(kl_to_reference(child, parent, tokenizer, prompts, child_replies, max_length, batch_size,
+                                   reference_context=parent_context))
+    for who, replies in (("child", child_replies), ("parent", parent_replies)):
+        lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
+        metrics[f"reply_tokens_{who}"] = round(sum(lengths) / max(len(lengths), 1), 2)
+    if reward_model is not None:
+        from align.reward import score
+
+        child_scores = score([p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, child_replies)],
+                             reward_model, batch_size, max_length)
+        parent_scores = score([p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, parent_replies)],
+                              reward_model, batch_size, max_length)
+        metrics["win_rate_vs_parent"] = _win_share(child_scores, parent_scores)
+        metrics["rm_reward_child"] = round(sum(child_scores) / len(child_scores), 4)
+        metrics["rm_reward_parent"] = round(sum(parent_scores) / len(parent_scores), 4)
+    metrics["samples"] = {"prompts": [p[-1]["content"] for p in prompts[:3]], "child": child_replies[:3],
+                          "parent": parent_replies[:3]}
+    return metrics

@@ -1,0 +1,124 @@
+"""Score conversations with a reward model: the small API the PPO stage, the evaluations and the UI use.
+
+    from align.reward import score
+    score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]], model="runs/demo/rm")
+
+A reward model is any folder `AutoModelForSequenceClassification` loads with one output (what `python -m align.run
+rm` saves). A conversation is tokenized exactly as TRL's RewardTrainer tokenized the training pairs (the chat
+template over the whole conversation, the reply included), and the reward is the head's output at the last
+non-padding token. Loaded models are cached per folder, so repeated calls do not reload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from align.errors import ModelError
+
+Conversation = list[dict]
+
+
+@dataclass
+class RewardModel:
+    """A loaded reward model and its tokenizer."""
+
+    model: object
+    tokenizer: object
+    source: str = ""
+
+
+def load_reward_model(source: str | Path, device: str = "auto") -> RewardModel:
+    """Load a reward-model folder (or hub id) with AutoModelForSequenceClassification; cached per (source, device)."""
+    from align.models import choose_device, resolve_source
+
+    return _load_cached(resolve_source(str(source)), choose_device(device))
+
+
+@lru_cache(maxsize=2)
+def _load_cached(folder: str, device: str) -> RewardModel:
+    from transformers import AutoModelForSequenceClassification
+
+    from align.models import load_tokenizer
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a reward model from {folder}: {exc}".splitlines()[0]) from None
+    if model.config.num_labels != 1:
+        raise ModelError(f"{folder} is not a reward model: its head has {model.config.num_labels} outputs, not 1")
+    tokenizer = load_tokenizer(folder)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device).eval()
+    return RewardModel(model=model, tokenizer=tokenizer, source=folder)
+
+
+def clear_cache() -> None:
+    """Forget the loaded reward models (e.g. after a new one was trained into the same folder)."""
+    _load_cached.cache_clear()
+
+
+def _as_reward_model(model) -> RewardModel:
+    if isinstance(model, RewardModel):
+        return model
+    if isinstance(model, tuple) and len(model) == 2:
+        return RewardModel(model=model[0], tokenizer=model[1])
+    if model is None:
+        from align.runs import latest_promoted
+
+        found = latest_promoted(Path("runs"), "rm")
+        if found is None:
+            raise ModelError("no reward model given and none promoted under runs/: train one with "
+                             "`python -m align.run rm` or pass model=<folder>")
+        model = found
+    return load_reward_model(model)
+
+
+def score(conversations: Sequence[Conversation], model=None, batch_size: int = 8, max_length: int | None = 1024,
+          progress: bool = False) -> list[float]:
+    """One reward per conversation (each a list of {role, content} messages ending with the reply to judge).
+
+    model: a reward-model folder or hub id, a RewardModel, a (model, tokenizer) pair, or None for the latest
+    promoted rm under runs/. Conversations longer than `max_length` tokens are cut at the end (None: not cut).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    rm = _as_reward_model(model)
+    net, tokenizer = rm.model, rm.tokenizer
+    device = next(net.parameters()).device
+    pad = net.config.pad_token_id if net.config.pad_token_id is not None else tokenizer.pad_token_id
+    was_training = net.training
+    net.eval()
+    rewards: list[float] = []
+    try:
+        for start in tqdm(range(0, len(conversations), batch_size), desc="scoring", unit="batch",
+                          disable=not progress, leave=False):
+            chunk = conversations[start:start + batch_size]
+            encoded = [tokenizer.apply_chat_template(list(c), tokenize=True, return_dict=True)["input_ids"]
+                       for c in chunk]
+            if max_length:
+                encoded = [ids[:max_length] for ids in encoded]
+            width = max(len(ids) for ids in encoded)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for row, tokens in enumerate(encoded):  # right padding, as RewardTrainer's collator does
+                ids[row, :len(tokens)] = torch.tensor(tokens)
+                attention[row, :len(tokens)] = 1
+            with torch.no_grad():
+                logits = net(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+            rewards.extend(float(x) for x in logits[:, 0].float().cpu())
+    finally:
+        net.train(was_training)
+    return rewards
+
+
+def score_pairs(pairs: Sequence[dict], model=None, batch_size: int = 8, max_length: int | None = 1024,
+                progress: bool = False) -> tuple[list[float], list[float]]:
+    """Rewards of the chosen and of the rejected reply of preference rows {prompt, chosen, rejected}."""
+    chosen = score([p["prompt"] + p["chosen"] for p in pairs], model, batch_size, max_length, progress)
+    rejected = score([p["prompt"] + p["rejected"] for p in pairs], model, batch_size, max_length, progress)
+    return chosen, rejected

@@ -1,0 +1,137 @@
+"""Direct preference optimisation: move the policy towards the chosen replies and away from the rejected ones,
+staying close to its parent.
+
+TRL's DPOTrainer with the recipe's loss (sigmoid by default; ipo, hinge, robust, ... as TRL offers) and beta;
+full or LoRA. The reference model is the parent itself: with LoRA, the same weights with the adapter disabled (no
+second copy); in full fine-tuning, a frozen copy loaded from the parent's local folder. Its log-probabilities can
+be precomputed once before training (`precompute_ref_log_probs`), which saves a forward pass per step.
+
+After training the child is compared with its parent on held-out data (definitions in align/compare.py):
+preference accuracy (the likelihood form for both, DPO's implicit reward for the child), KL to the parent on the
+child's own samples, mean reply length, and the win rate over the parent's replies judged by a reward model
+(`reward_model`: a folder; by default the promoted rm of the same run, skipped with a note when there is none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from align.config import opt
+from data.preferences import PreferenceTrainOptions
+
+PARENT_STAGES: tuple[str, ...] = ("sft",)
+
+
+@dataclass
+class Options(PreferenceTrainOptions):
+    beta: float = opt(0.1, "strength of the pull towards the parent (higher = stay closer); IPO's tau")
+    loss_type: str = opt("sigmoid", "DPO loss: sigmoid, ipo, hinge, robust, ... (TRL's names; comma-separated to "
+                                    "combine, e.g. sigmoid,sft)")
+    label_smoothing: float = opt(0.0, "share of labels assumed flipped (robust / exo_pair losses)")
+    precompute_ref_log_probs: bool = opt(False, "compute the parent's log-probs once before training (faster steps)")
+    reward_model: str = opt("auto", "reward model judging the win rate vs the parent: a folder, `auto` (the "
+                                    "promoted rm of the same run, if any) or `none`")
+    eval_prompts: int = opt(32, "held-out prompts both the child and the parent answer (win rate, KL, length)")
+    eval_max_new_tokens: int = opt(64, "reply length cap when sampling for the comparison")
+    eval_temperature: float = opt(1.0, "sampling temperature for the comparison (1.0: KL estimates the true KL)")
+
+
+def run(ctx) -> dict:
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    from align import models, training
+    from align.compare import compare_to_parent
+    from data.preferences import load_preferences, write_dropped
+
+    options, model_options = ctx.options, ctx.cfg.model
+    lora = models.lora_config(ctx.cfg.lora)
+
+    # 1. The policy, and the reference: the parent's own weights, never a hub path.
+    tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
+    policy = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
+    reference = None
+    if lora is None:
+        reference = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
+        reference.requires_grad_(False).eval()
+
+    # 2. Preference pairs (bad rows dropped with their row numbers, or refused), and held-out prompts.
+    train_rows = load_preferences(options.data, "train", limit=options.max_rows, on_bad=options.on_bad_rows)
+    eval_rows = load_preferences(options.eval_data or options.data, "test", limit=options.eval_rows,
+                                 on_bad=options.on_bad_rows)
+    for rows in (train_rows, eval_rows):
+        ctx.record_data(rows)
+        write_dropped(rows, ctx.output_dir)
+    held_out = eval_rows.rows
+    prompts = unique_prompts(held_out)[:options.eval_prompts]
+
+    # 3. Train.
+    args = training.trainer_args(
+        DPOConfig, ctx, options,
+        beta=options.beta,
+        loss_type=[t.strip() for t in options.loss_type.split(",") if t.strip()],
+        label_smoothing=options.label_smoothing,
+        max_length=options.max_length,
+        precompute_ref_log_probs=options.precompute_ref_log_probs,
+        dataset_num_proc=None,
+    )
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=train_rows.to_dataset(),
+                         processing_class=tokenizer, peft_config=lora)
+    metrics = training.train(trainer, ctx)
+
+    # 4. The child against its parent, then save a model plain AutoModelForCausalLM loads.
+    child = trainer.model
+    parent, parent_context = (child, child.disable_adapter) if lora is not None else (reference, None)
+    judge = reward_model_for(ctx, options.reward_model)
+    with torch.no_grad():
+        comparison = compare_to_parent(
+            child, parent, tokenizer, held_out, prompts, beta=options.beta, reward_model=judge,
+            max_length=options.max_length, batch_size=options.batch_size, max_new_tokens=options.eval_max_new_tokens,
+            temperature=options.eval_temperature, seed=ctx.cfg.seed, parent_context=parent_context)
+    write_samples(comparison.pop("samples"), ctx.output_dir)
+    ctx.model_format = models.save_model(child, tokenizer, ctx.output_dir, ctx.cfg.lora.save)
+    return {**{f"eval_{k}": v for k, v in comparison.items()},
+            "eval_rows": len(held_out), "eval_prompts": len(prompts),
+            "reward_model": str(judge) if judge else None,
+            "train_rows": len(train_rows.rows),
+            "dropped_rows": len(train_rows.dropped) + len(eval_rows.dropped), **metrics}
+
+
+def unique_prompts(pairs: list[dict]) -> list[list[dict]]:
+    """Each distinct prompt of the pairs once, in order (several pairs can share a prompt)."""
+    import json
+
+    seen, prompts = set(), []
+    for pair in pairs:
+        key = json.dumps(pair["prompt"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(pair["prompt"])
+    return prompts
+
+
+def reward_model_for(ctx, choice: str):
+    """The reward model that judges the win rate: a folder, the same run's promoted rm (`auto`), or None."""
+    from pathlib import Path
+
+    from align.runs import PROMOTABLE, read_manifest
+
+    if choice in (None, "", "none"):
+        return None
+    if choice != "auto":
+        return choice
+    candidate = Path(ctx.work.run_dir) / "rm"
+    if (read_manifest(candidate) or {}).get("status") in PROMOTABLE:
+        print(f"[align] dpo: win rate judged by {candidate}", flush=True)
+        return str(candidate)
+    print(f"[align] dpo: no promoted rm in {ctx.work.run_dir}: the win rate vs the parent is skipped "
+          f"(set dpo.reward_model=<folder> to judge with one)", flush=True)
+    return None
+
+
+def write_samples(samples: dict, folder) -> None:
+    """A few held-out prompts with the child's and the parent's replies, for a quick look."""
+    import json
+    from pathlib import Path
+
+    (Path(folder) / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False), encoding="utf-8")
