@@ -14,14 +14,29 @@ never overwritten). Exit code: 0 when the gate passes, 1 when it fails, 2 for a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 
+def _options_listing() -> str:
+    from align.config import describe_options
+    from align.gates.policy import GateOptions, Limits
+
+    rows = [r for r in describe_options(GateOptions, "gate.") if not r[0].startswith(("gate.limits.", "gate.stages."))]
+    width = max(len(k) for k, _, _ in rows)
+    lines = [f"  {k:<{width}}  {h} (default: {d})" for k, d, h in rows]
+    checks = ", ".join(f.name for f in dataclasses.fields(Limits))
+    return ("gate options (override as key=value; the `gate.` prefix is optional):\n" + "\n".join(lines)
+            + "\n\nlimits: gate.limits.<check>.{max,min,max_increase,max_decrease} for every stage, "
+              "gate.stages.<stage>.<check>.<field> for one stage; checks: " + checks)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
+    parser.epilog = _options_listing()
     parser.add_argument("--model", required=True, help="model to gate: run stage folder, model folder, hub id, embedded:...")
     parser.add_argument("--baseline", help="compare against this model (the parent in the regression checks)")
     parser.add_argument("--config", default="default", help="recipe whose `gate` (and `model`) sections apply")
