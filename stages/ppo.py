@@ -1,0 +1,206 @@
+"""PPO: reinforcement learning from the reward model, as InstructGPT did (RLHF).
+
+The policy (the SFT parent, full or LoRA) answers prompts; the reward model scores each finished reply; the
+score minus a per-token KL penalty to the frozen SFT model is maximised with PPO (align/ppo: GAE, clipped policy
+and value losses, several epochs over minibatches per rollout, fixed or adaptive KL coefficient). Replies that
+never reach EOS get a fixed low score. Optional extra terms: a toxicity penalty from the gates' scorer and a
+length penalty. With LoRA the reference is the parent itself, the adapter switched off, so only one copy of the
+weights is held.
+
+Afterwards the child is compared with its parent on held-out prompts exactly as the DPO stage does
+(align.compare: RM win rate and mean reward, KL, reply length, preference accuracy), so DPO and PPO fill one table.
+
+    python -m align.run ppo --from runs/<run>/sft reward=runs/<run>/rm
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from align.config import TrainOptions, opt
+
+PARENT_STAGES: tuple[str, ...] = ("sft",)
+
+
+@dataclass
+class Options(TrainOptions):
+    # Data and reward.
+    data: str = opt("hh-harmless", "prompts to train on: the prompts of preference or chat data, or prompt rows "
+                                   "({\"prompt\": [messages]}); its test split is held out for evaluation")
+    eval_data: Optional[str] = opt(None, "held-out preference data for the comparison with the parent "
+                                         "(default: the test split of `data`)")
+    reward: Optional[str] = opt(None, "reward model: an rm stage folder (default: the rm of the parent's run, else "
+                                      "the latest promoted rm)")
+    # Rollouts.
+    batch_size: int = opt(16, "prompts per rollout (one PPO step)")
+    max_new_tokens: int = opt(48, "longest reply sampled; a reply that does not end by then counts as unfinished")
+    temperature: float = opt(0.7, "sampling temperature; training log-probs use the same (N-details)")
+    max_length: int = opt(320, "prompt + reply tokens; longer prompts are left out")
+    # Rewards.
+    normalize_reward: bool = opt(True, "normalise the RM score to mean 0 / std 1 on the initial policy's replies "
+                                       "(Ziegler et al. 2019)")
+    reward_clip: float = opt(0.0, "clip the (normalised) score to [-c, c]; 0 = off")
+    whiten_rewards: bool = opt(False, "whiten the per-token rewards of each rollout (N-details option)")
+    missing_eos_score: Optional[float] = opt(-1.0, "score of a reply that never ends (N-details); null = off")
+    length_penalty: float = opt(0.0, "subtract this times the reply's token count from its score")
+    toxicity_penalty: float = opt(0.0, "subtract this times P(toxic) from the gates' scorer; 0 = off")
+    toxicity_model: str = opt("offline", "toxicity scorer for the penalty (see `align.run toxicity-model`)")
+    # KL to the reference.
+    kl_coef: float = opt(0.05, "initial KL coefficient beta")
+    adaptive_kl: bool = opt(True, "adapt beta towards kl_target (Ziegler et al. 2019); false = fixed beta")
+    kl_target: float = opt(6.0, "target KL per reply, in nats (Ziegler et al. 2019)")
+    kl_horizon: float = opt(10000.0, "the adaptive controller's horizon, in replies (Ziegler et al. 2019)")
+    kl_estimator: str = opt("k1", "per-token KL estimate in the reward: k1 (log ratio), k3, abs, mse")
+    # PPO.
+    value_model: str = opt("head", "value function: head (a head on the policy) or rm (separate, initialised "
+                                   "from the reward model, as InstructGPT)")
+    ppo_epochs: int = opt(4, "passes over each rollout")
+    mini_batch_size: int = opt(8, "replies per gradient step (split into grad_accum micro-batches)")
+    gamma: float = opt(1.0, "discount")
+    lam: float = opt(0.95, "GAE lambda")
+    clip_range: float = opt(0.2, "PPO ratio clip")
+    clip_range_value: float = opt(0.2, "value clip around the rollout's values")
+    vf_coef: float = opt(0.1, "value loss weight")
+    adam_eps: float = opt(1e-5, "Adam epsilon (N-details)")
+    lr: float = opt(1e-5, "peak learning rate")
+    lr_scheduler: str = opt("linear", "learning-rate schedule (linear decay to 0, as N-details)")
+    warmup_ratio: float = opt(0.0, "share of updates spent warming up")
+    eval_temperature: float = opt(1.0, "sampling temperature of the comparison with the parent (DPO uses the same)")
+    eval_max_new_tokens: int = opt(48, "reply length of the comparison with the parent")
+
+
+def run(ctx) -> dict:
+    from align import models
+    from align.compare import compare_to_parent
+    from align.ppo.rollout import reward_model_function, toxicity_penalty_function
+    from align.ppo.trainer import ActorCritic, PPOSettings, PPOTrainer
+    from align.reward import load_reward_model
+
+    options, model_options = ctx.options, ctx.cfg.model
+
+    # 1. The policy, its reference (the parent, frozen) and the reward model.
+    tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
+    policy = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
+    lora = models.lora_config(ctx.cfg.lora)
+    if lora is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora)
+        reference, reference_context = policy, policy.disable_adapter  # the parent = the adapter switched off
+    else:
+        reference = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
+        reference_context = None
+    reward_dir = resolve_reward(ctx)
+    print(f"[align] ppo: reward model {reward_dir}", flush=True)
+    reward_model = load_reward_model(reward_dir, device=ctx.device)
+    value_model = load_value_model(reward_dir, tokenizer, ctx) if options.value_model == "rm" else None
+
+    # 2. Prompts: the training split (prompts too long to answer within max_length left out), held-out pairs.
+    prompt_rows = _load_prompts(options.data, "train", options.max_rows)
+    ctx.record_data(prompt_rows)
+    prompts = fitting_prompts(tokenizer, [row["prompt"] for row in prompt_rows.rows],
+                              options.max_length - options.max_new_tokens)
+    pairs = _held_out_pairs(ctx, options)
+
+    # 3. PPO.
+    steps = options.max_steps if options.max_steps > 0 else math.ceil(options.epochs * len(prompts) / options.batch_size)
+    settings = PPOSettings.from_options(options, seed=ctx.cfg.seed, max_steps=steps)
+    extra = []
+    if options.toxicity_penalty:
+        from align.gates.toxicity import load_scorer
+
+        extra.append(("toxicity_penalty", toxicity_penalty_function(load_scorer(options.toxicity_model, ctx.device),
+                                                                    options.toxicity_penalty)))
+    value_lora = models.lora_config(ctx.cfg.lora, "FEATURE_EXTRACTION") if value_model is not None else None
+    trainer = PPOTrainer(ActorCritic(policy, value_model, value_lora=value_lora),
+                         tokenizer, prompts, reward_model_function(reward_model, options.mini_batch_size),
+                         settings, reference=None if lora is not None else reference,
+                         reference_context=reference_context, extra_rewards=extra,
+                         checkpoints_dir=ctx.work.checkpoints_dir, logs_dir=ctx.output_dir / "logs")
+    metrics = trainer.train(resume_from=ctx.resume_checkpoint)
+
+    # 4. The child against its parent on held-out prompts (the same report as DPO's).
+    if pairs:
+        comparison = compare_to_parent(
+            policy, reference, tokenizer, pairs, [p["prompt"] for p in pairs], beta=trainer.kl.value,
+            reward_model=reward_model, max_length=options.max_length, batch_size=options.mini_batch_size,
+            max_new_tokens=options.eval_max_new_tokens, temperature=options.eval_temperature, seed=ctx.cfg.seed,
+            parent_context=reference_context)
+        metrics.update(comparison)
+
+    # 5. Save a model plain AutoModelForCausalLM loads.
+    ctx.model_format = models.save_model(policy, tokenizer, ctx.output_dir, ctx.cfg.lora.save)
+    return {**metrics, "reward_model": str(reward_dir), "train_prompts": len(prompts),
+            "prompts_too_long": len(prompt_rows.rows) - len(prompts), "eval_rows": len(pairs)}
+
+
+def resolve_reward(ctx) -> Path:
+    """`ppo.reward`, else the rm of the parent's run, else the latest promoted rm under runs_dir."""
+    from align.errors import ConfigError
+    from align.runs import PROMOTABLE, latest_promoted, read_manifest
+
+    if ctx.options.reward:
+        path = Path(ctx.options.reward)
+        if not path.is_dir():
+            raise ConfigError(f"ppo.reward={path}: not a folder (give an rm stage folder, e.g. runs/<run>/rm)")
+        return path
+    if ctx.parent.run_dir is not None:
+        sibling = ctx.parent.run_dir / "rm"
+        if (read_manifest(sibling) or {}).get("status") in PROMOTABLE:
+            return sibling
+    found = latest_promoted(Path(ctx.cfg.runs_dir), "rm")
+    if found is None:
+        raise ConfigError("ppo needs a reward model: pass reward=runs/<run>/rm, or train one first with "
+                          "`python -m align.run rm`")
+    return found
+
+
+def load_value_model(reward_dir: Path, tokenizer, ctx):
+    """A trainable copy of the reward model, to start the value function from (InstructGPT)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from align.errors import ConfigError
+    from align.models import load_tokenizer
+
+    if load_tokenizer(str(reward_dir)).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"ppo.value_model=rm: the reward model {reward_dir} has another tokenizer than the policy; "
+                          f"use value_model=head")
+    return AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=ctx.dtype).to(ctx.device)
+
+
+def fitting_prompts(tokenizer, prompts: list[list[dict]], max_tokens: int) -> list[list[dict]]:
+    """The prompts whose chat-template rendering (assistant turn opened) fits in max_tokens."""
+    kept = [p for p in prompts
+            if len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"]) <= max_tokens]
+    if len(kept) < len(prompts):
+        print(f"[align] ppo: {len(prompts) - len(kept)} of {len(prompts)} prompts are longer than {max_tokens} tokens "
+              f"and are left out (raise max_length to keep them)", flush=True)
+    if not kept:
+        from align.errors import ConfigError
+
+        raise ConfigError(f"ppo: no prompt fits in max_length - max_new_tokens = {max_tokens} tokens")
+    return kept
+
+
+def _load_prompts(spec: str, split: str, limit: int):
+    from data.registry import load_prompts
+
+    return load_prompts(spec, split, limit=limit)
+
+
+def _held_out_pairs(ctx, options) -> list[dict]:
+    """Held-out preference pairs for the comparison; none when the data has no pairs (prompt-only data)."""
+    from align.errors import DataError
+    from data.preferences import load_preferences
+
+    try:
+        rows = load_preferences(options.eval_data or options.data, "test", limit=options.eval_rows)
+    except DataError as error:
+        print(f"[align] ppo: no held-out preference pairs, so no comparison with the parent ({error})", flush=True)
+        return []
+    ctx.record_data(rows)
+    return rows.rows
