@@ -435,8 +435,9 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
 
         send_inputs = [message_box, system_box, temperature, top_p, max_tokens, picker, history_state, pending_state]
         send_outputs = [conversation, reply_a, reply_b, status, history_state, pending_state, message_box]
-        send_button.click(send, send_inputs, send_outputs, api_name="send")
-        message_box.submit(send, send_inputs, send_outputs, api_visibility="private")
+        # the progress timer goes on the status line, not over the replies as they stream
+        send_button.click(send, send_inputs, send_outputs, api_name="send", show_progress_on=status)
+        message_box.submit(send, send_inputs, send_outputs, api_visibility="private", show_progress_on=status)
 
         def clear():
             return "", "", "", "New conversation.", [], None

@@ -169,10 +169,10 @@ def small_scorer(tmp_path_factory) -> str:
     from align.gates.toxicity_train import build_offline_checkpoint
 
     folder = tmp_path_factory.mktemp("scorer") / "minilm-small"
-    return str(build_offline_checkpoint(folder, max_steps=1, max_train_rows=16, eval_rows=8, progress=False))
+    return str(build_offline_checkpoint(folder, max_steps=1, max_train_rows=16, eval_rows=8, progress=False,
+                                        threads=1))
 
 
-@pytest.mark.slow
 def test_the_toxicity_filter_withholds_replies_above_the_threshold(tiny_model_dir, store, small_scorer):
     from gradio_client import Client
 
