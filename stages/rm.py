@@ -22,6 +22,8 @@ GATED = False  # a reward model generates no text: the toxicity and bias gate do
 
 @dataclass
 class Options(PreferenceTrainOptions):
+    max_length: int = opt(512, "tokens per prompt + reply; longer pairs are left out of training (TRL's rule; the "
+                               "manifest counts the pairs kept), held-out pairs are cut at the end when scored")
     center_rewards_coefficient: float = opt(0.0, "pull rewards towards mean zero (0 = off; 0.01 is typical)")
 
 
