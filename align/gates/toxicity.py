@@ -167,12 +167,13 @@ def format_report(report: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Build (or reuse) the offline scorer, print its report and where it is."""
-    options = {
+    given = {
         "epochs": args.epochs,
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
     }
+    options = {name: value for name, value in given.items() if value is not None}
     folder = build_offline_checkpoint(
         args.out, force=args.force, progress=not args.no_progress, threads=args.threads, **options
     )

@@ -38,7 +38,7 @@ from align.paths import DATA_DIR, cache_dir
 LABELS = ["toxicity", "severe_toxicity", "obscene", "identity_attack", "insult", "threat", "sexual_explicit"]
 
 #: Bump when the data, the mapping or the training recipe changes, so that stale caches are not reused.
-BUILD_VERSION = "v1"
+BUILD_VERSION = "v2"
 CHECKPOINT_NAME = "toxicity.ckpt"
 CONFIG_FOLDER = "hf"
 REPORT_NAME = "report.json"
@@ -73,11 +73,11 @@ class BuildOptions:
     epochs: float = 1.0
     max_steps: int | None = None
     batch_size: int = 16
-    learning_rate: float = 1e-4
+    learning_rate: float = 1.5e-4
     max_length: int = 96
     seed: int = 0
-    civil_train_rows: int | None = 2400
-    davidson_train_rows: int = 600
+    civil_train_rows: int | None = None
+    davidson_train_rows: int = 300
     max_train_rows: int | None = None
     eval_rows: int | None = None
     freeze_embeddings: bool = True
@@ -91,7 +91,7 @@ def make_options(**overrides) -> BuildOptions:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"unknown toxicity build option(s) {unknown}; known: {sorted(known)}")
-    return BuildOptions(**{k: v for k, v in overrides.items() if v is not None})
+    return BuildOptions(**overrides)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -510,7 +510,8 @@ def _build(out_dir: Path, opts: BuildOptions, progress: bool) -> None:
     try:
         config_dir = work / CONFIG_FOLDER
         model.config.save_pretrained(config_dir)
-        tokenizer.model_max_length = max(256, opts.max_length)
+        # Detoxify truncates at the tokenizer's limit: score the same window the report measured.
+        tokenizer.model_max_length = opts.max_length
         tokenizer.save_pretrained(config_dir)
         checkpoint = {
             "config": {
@@ -539,6 +540,7 @@ def _build(out_dir: Path, opts: BuildOptions, progress: bool) -> None:
                 "rows": eval_rows["source"].value_counts().sort_index().to_dict(),
                 "split": f"fixed, seed {SPLIT_SEED}, stratified by source and class, sizes {HELDOUT_SIZE}",
                 "positive_threshold": POSITIVE_THRESHOLD,
+                "max_length": opts.max_length,
                 "seconds": eval_seconds,
             },
             "train": {**training, "rows": train_rows["source"].value_counts().sort_index().to_dict()},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import json
 import time
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 
 from align.errors import DataError, ModelError
 from align.gates import toxicity_train as tt
-from align.gates.toxicity import ToxicityScorer, add_arguments, load_scorer, main
+from align.gates.toxicity import ToxicityScorer, load_scorer
 
 TEXTS = [
     "Thank you, that was a lovely afternoon.",
@@ -54,6 +54,8 @@ def test_build_writes_detoxify_checkpoint_and_report(small_build):
                     "tokenizer_name": "BertTokenizer", "num_classes": 7}
     assert checkpoint["config"]["dataset"]["args"]["classes"] == tt.LABELS
     assert checkpoint["state_dict"]["classifier.weight"].shape == (7, 32)
+    tokenizer_config = json.loads((small_build / "hf" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == tt.BuildOptions().max_length  # Detoxify scores what was measured
 
     report = tt.read_report(small_build)
     assert report["train"]["steps"] == 4
@@ -97,11 +99,12 @@ def test_second_build_is_cached(small_build):
 
 
 def test_cli_prints_report_of_a_build(small_build, capsys):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert main(parser.parse_args(["--out", str(small_build)])) == 0
+    from tests.helpers import run_cli
+
+    assert run_cli("toxicity-model", "--out", small_build) == 0
     out = capsys.readouterr().out
-    assert "toxicity" in out and "sexual_explicit" in out and str(small_build / tt.CHECKPOINT_NAME) in out
+    auroc = tt.read_report(small_build)["heldout"]["auroc"]["toxicity"]
+    assert f"{auroc:.3f}" in out and "sexual_explicit" in out and str(small_build / tt.CHECKPOINT_NAME) in out
 
 
 def test_bad_checkpoints_are_model_errors(tmp_path, small_build):
@@ -120,11 +123,14 @@ def test_bad_checkpoints_are_model_errors(tmp_path, small_build):
         load_scorer(str(moved))
 
 
-def test_unknown_build_option_is_refused(tmp_path):
+def test_bad_build_options_leave_nothing_behind(tmp_path):
     from align.errors import ConfigError
 
     with pytest.raises(ConfigError, match="epoch"):
         tt.build_offline_checkpoint(tmp_path / "x", progress=False, epoch=1)
+    with pytest.raises(ModelError, match="base encoder"):
+        tt.build_offline_checkpoint(tmp_path / "x", progress=False, base_model=str(tmp_path / "no-such-model"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_auroc_matches_hand_computed_values():
