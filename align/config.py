@@ -122,6 +122,11 @@ def recipe_schema() -> type:
         fields.append((name, options, field(default_factory=options)))
     gate = _gate_options()
     fields.append(("gate", gate, field(default_factory=gate)))
+    from align.candidates import Options as CandidateOptions
+    from align.pipeline import PipelineOptions
+
+    fields.append(("pipeline", PipelineOptions, field(default_factory=PipelineOptions)))
+    fields.append(("candidates", CandidateOptions, field(default_factory=CandidateOptions)))
     return dataclasses.make_dataclass("Recipe", fields)
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from align import config as config_mod
 from align.card import write_model_card
-from align.runs import Parent, StageWork, find_resumable, new_run_name, resolve_parent, write_json
+from align.runs import (Parent, StageWork, find_resumable, new_run_name, resolve_parent, stage_fingerprint,
+                        write_json)
 
 Stage = object  # a module following the protocol above
 
@@ -145,6 +146,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
         "config": config_mod.to_dict(cfg),
         "versions": _versions(),
         "git": _git_commit(),
+        "fingerprint": stage_fingerprint(name, cfg, parent),
         "metrics": metrics,
         "timing": {"wall_s": round(wall, 1), "tokens_per_s": metrics.get("tokens_per_s"),
                    "peak_rss_mb": _peak_rss_mb()},

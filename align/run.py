@@ -23,6 +23,7 @@ from align.errors import AlignError  # noqa: E402
 COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("align.run", "list the shipped recipes"),
     "data": ("align.run", "list the shipped datasets"),
+    "pipeline": ("align.pipeline", "all stages of a recipe in order, each gated, resumable: SFT → RM → DPO by default"),
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
     "toxicity-model": ("align.gates.toxicity", "build the offline toxicity scorer (Detoxify format) and print its held-out AUROC"),
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),

@@ -21,6 +21,8 @@ from align.errors import AlignError, GateError
 
 MANIFEST = "manifest.json"
 PROMOTABLE = ("promoted", "overridden")
+# Files written last into a checkpoint: transformers' Trainer state, align's PPO state.
+CHECKPOINT_MARKERS = ("trainer_state.json", "ppo_state.pt")
 
 
 def sha256_file(path: Path) -> str:
@@ -85,11 +87,14 @@ class StageWork:
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
 
     def last_checkpoint(self) -> str | None:
-        folders = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.is_dir()] if self.checkpoints_dir.exists() else []
-        folders = [p for p in folders if p.name.split("-")[-1].isdigit()]
-        if not folders:
+        """The newest complete checkpoint (one killed while being written lacks its final state file)."""
+        if not self.checkpoints_dir.exists():
             return None
-        return str(max(folders, key=lambda p: int(p.name.split("-")[-1])))
+        complete = [p for p in self.checkpoints_dir.glob("checkpoint-*")
+                    if p.name.split("-")[-1].isdigit() and any((p / name).is_file() for name in CHECKPOINT_MARKERS)]
+        if not complete:
+            return None
+        return str(max(complete, key=lambda p: int(p.name.split("-")[-1])))
 
     def abandon(self) -> None:
         """After a failure: keep checkpoints (for --resume), remove everything else, leave no empty folders."""
@@ -197,6 +202,25 @@ def resolve_parent(spec: str | None, parent_stages: tuple[str, ...], runs_dir: P
     check_parent_gate(path, manifest, override_reason)
     return Parent(source=str(path), manifest=manifest,
                   override_reason=override_reason if manifest.get("status") == "gate_failed" else None)
+
+
+def stage_fingerprint(stage: str, cfg, parent: Parent) -> str:
+    """A hash of everything a stage's result depends on: its recipe section and the shared sections, the
+    parent (its manifest's hash, or the source name), and the content of every dataset its options name."""
+    from align.config import to_dict
+    from data.registry import spec_digest
+
+    recipe = to_dict(cfg)
+    section = recipe.get(stage, {})
+    inputs = {
+        "stage": stage,
+        "section": section,
+        "shared": {key: recipe.get(key) for key in ("model", "lora", "gate", "seed", "device")},
+        "parent": parent.describe().get("manifest_sha256") or parent.source,
+        "data": {key: spec_digest(value) for key, value in section.items()
+                 if isinstance(value, str) and spec_digest(value) is not None},
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def find_resumable(runs_dir: Path, stage: str) -> Path | None:

@@ -17,6 +17,10 @@ def trainer_args(config_class, ctx, options, **stage_specific):
     """
     import torch
 
+    # TensorBoard's callback reads its folder when the trainer is built: the stage's logs/ beside the model.
+    logs_dir = ctx.work.output_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(logs_dir)
     on_cpu = ctx.device == "cpu"
     bf16 = (not on_cpu) and ctx.dtype == torch.bfloat16
     fp16 = (not on_cpu) and ctx.dtype == torch.float16
@@ -56,8 +60,6 @@ def trainer_args(config_class, ctx, options, **stage_specific):
 def train(trainer, ctx) -> dict:
     """Run (or resume) training; returns loss, steps, tokens and throughput, and saves the history."""
     logs_dir = ctx.work.output_dir / "logs"
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(logs_dir)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint)
     wall = time.perf_counter() - started

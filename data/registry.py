@@ -5,7 +5,9 @@ A spec is one of:
   data` lists them), with its fixed train/test split;
 - a path to the user's own file: JSONL, JSON (a list of rows), Parquet or CSV;
 - `labels:<store path or database URL>`: the pairs exported by align's labeling UI;
-- a hub id (`org/name`, loaded with `datasets.load_dataset`; needs the hub or its local cache).
+- a hub id (`org/name`, loaded with `datasets.load_dataset`; needs the hub or its local cache);
+- several of these joined by commas (`hh-harmless,labels:runs/demo/labels.sqlite`): their rows one after the
+  other (a row limit applies to each).
 
 A file, a label store or a hub dataset without a `test` split is split deterministically: every 10th row
 (rows 10, 20, ...) is held out as `test`, the rest is `train`.
@@ -234,8 +236,44 @@ def _check_prompt_row(row, source: str, number: int) -> dict:
     return {"prompt": messages}
 
 
+def mix_parts(spec: str) -> list[str]:
+    """The specs of a comma-joined mix (a single spec, or an existing file with a comma in its name, is one part)."""
+    if "," not in spec or Path(spec).expanduser().exists():
+        return [spec]
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+def spec_digest(spec: str) -> str | None:
+    """A cheap content hash of what a spec reads, or None when the string is not a local dataset spec.
+
+    Used to tell whether a finished stage's inputs changed (pipeline resume).
+    """
+    parts = mix_parts(spec)
+    if len(parts) > 1:
+        digests = [spec_digest(part) for part in parts]
+        return None if None in digests else hashlib.sha256("".join(digests).encode()).hexdigest()
+    from align.runs import sha256_file
+
+    if spec in catalog():
+        files = sorted(set(catalog()[spec]["files"].values()))
+        return hashlib.sha256("".join(sha256_file(DATA_DIR / f) for f in files).encode()).hexdigest()
+    if spec.startswith("labels:"):
+        try:
+            return read_spec(spec, "all")[2]
+        except DataError:
+            return None
+    path = Path(spec).expanduser()
+    return sha256_file(path) if path.is_file() else None
+
+
 def load_rows(spec: str, split: str, check: Callable[[object, str, int], dict], *, kind: str | None = None,
               limit: int = -1) -> Rows:
+    parts = mix_parts(spec)
+    if len(parts) > 1:
+        loaded = [load_rows(part, split, check, kind=kind, limit=limit) for part in parts]
+        return Rows(spec=spec, split=split, rows=[row for part in loaded for row in part.rows],
+                    source=" + ".join(part.source for part in loaded),
+                    sha256=hashlib.sha256("".join(part.sha256 for part in loaded).encode()).hexdigest())
     rows, source, sha, numbers = read_spec(spec, split, kind)
     if not rows:
         raise DataError(source, None, None, f"the {split} split has no rows")

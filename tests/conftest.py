@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+# One thread per process: the tiny model's matrices are too small to split, and on a busy 2-core machine threads
+# waiting on each other make the suite many times slower (tests on the embedded model ask for more themselves).
 for _var, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False"),
-                     ("TOKENIZERS_PARALLELISM", "false")):
+                     ("TOKENIZERS_PARALLELISM", "false"), ("OMP_NUM_THREADS", "1")):
     os.environ.setdefault(_var, _value)
 
 from pathlib import Path  # noqa: E402
@@ -33,3 +35,12 @@ def tiny_sft(tmp_path_factory, tiny_model_dir) -> Path:
     runs = tmp_path_factory.mktemp("session-runs")
     assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "session", "max_steps=4") == 0
     return runs / "session" / "sft"
+
+
+@pytest.fixture(scope="session")
+def small_scorer(tmp_path_factory) -> str:
+    """A real Detoxify-format toxicity checkpoint trained for one step on a few rows (for gate plumbing tests)."""
+    from align.gates.toxicity_train import build_offline_checkpoint
+
+    folder = tmp_path_factory.mktemp("scorer") / "minilm-small"
+    return str(build_offline_checkpoint(folder, max_steps=1, max_train_rows=16, eval_rows=8, progress=False))

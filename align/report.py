@@ -1,0 +1,139 @@
+"""The pipeline's summary: a table in the terminal and runs/<run>/report.html with plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from align.runs import read_manifest
+
+# The figures worth a column in the summary, per stage (the manifest has them all).
+KEY_METRICS = {
+    "sft": ("eval_perplexity_before", "eval_perplexity_after"),
+    "rm": ("eval_accuracy", "eval_mean_margin"),
+    "dpo": ("parent_preference_accuracy", "preference_accuracy", "rm_win_rate", "kl_to_parent"),
+    "ppo": ("rm_reward_parent", "rm_reward", "rm_win_rate", "kl_to_parent"),
+}
+
+
+def _metrics_line(stage: str, metrics: dict) -> str:
+    keys = KEY_METRICS.get(stage) or tuple(k for k, v in metrics.items() if isinstance(v, (int, float)))[:4]
+    return ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
+
+
+def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -> list[dict]:
+    rows = []
+    for stage in stages:
+        manifest = read_manifest(run_dir / stage) or {}
+        gate = manifest.get("gate")
+        rows.append({
+            "stage": stage,
+            "status": manifest.get("status", "not run"),
+            "gate": gate.get("verdict") if gate else "—",
+            "metrics": _metrics_line(stage, manifest.get("metrics", {})),
+            "wall_s": manifest.get("timing", {}).get("wall_s"),
+            "this_run_s": round(timings.get(stage, 0.0), 1),
+            "skipped": stage in skipped,
+            "manifest": manifest,
+        })
+    return rows
+
+
+def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"align pipeline — {run_dir} ({total:.0f}s)")
+    for column in ("stage", "status", "gate", "key metrics", "stage wall s", "this run s"):
+        table.add_column(column)
+    for row in _rows(run_dir, stages, timings, skipped):
+        table.add_row(row["stage"], row["status"], row["gate"], row["metrics"], str(row["wall_s"]),
+                      "skipped" if row["skipped"] else str(row["this_run_s"]))
+    Console().print(table)
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _training_curves(run_dir: Path, stages: list[str]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for stage in stages:
+        path = run_dir / stage / "logs" / "history.json"
+        if path.is_file():
+            history = json.loads(path.read_text())
+            points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+            if points:
+                curves.append((stage, points))
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    for ax, (stage, points) in zip(axes[0], curves):
+        ax.plot(*zip(*points), marker=".")
+        ax.set_title(f"{stage}: training loss")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _gate_figures(manifest: dict) -> str | None:
+    gate = manifest.get("gate") or {}
+    checks = [c for c in gate.get("checks", []) if isinstance(c.get("value"), (int, float))]
+    if not checks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c["name"] for c in checks]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1))
+    ys = range(len(names))
+    ax.barh([y + 0.2 for y in ys], [c["value"] for c in checks], height=0.4, label=manifest["stage"],
+            color=["tab:green" if c.get("passed") else "tab:red" for c in checks])
+    parents = [c.get("parent") if isinstance(c.get("parent"), (int, float)) else 0 for c in checks]
+    ax.barh([y - 0.2 for y in ys], parents, height=0.4, label="parent", color="tab:gray")
+    ax.set_yticks(list(ys), names)
+    ax.legend()
+    ax.set_title(f"{manifest['stage']} gate: child (green = passed) vs parent")
+    return _png(fig)
+
+
+def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float) -> Path:
+    rows = _rows(run_dir, stages, timings, skipped)
+    table = "".join(
+        f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(str(r['status']))}</td>"
+        f"<td>{html.escape(str(r['gate']))}</td><td>{html.escape(r['metrics'])}</td><td>{r['wall_s']}</td>"
+        f"<td>{'skipped' if r['skipped'] else r['this_run_s']}</td></tr>" for r in rows)
+    images = []
+    curves = _training_curves(run_dir, stages)
+    if curves:
+        images.append(("Training curves", curves))
+    for row in rows:
+        figure = _gate_figures(row["manifest"]) if row["manifest"] else None
+        if figure:
+            link = f"{row['stage']}/gate_report.html"
+            images.append((f"Gate after {row['stage']} (<a href='{link}'>full report</a>)", figure))
+    body = "".join(f"<h2>{title}</h2><img src='data:image/png;base64,{png}'>" for title, png in images)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>align — {html.escape(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
+<h1>align pipeline — {html.escape(run_dir.name)}</h1><p>Total wall time: {total:.0f}s</p>
+<table><tr><th>stage</th><th>status</th><th>gate</th><th>key metrics</th><th>stage wall s</th><th>this run s</th></tr>
+{table}</table>{body}</body></html>"""
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

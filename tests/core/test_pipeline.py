@@ -1,0 +1,73 @@
+"""The whole pipeline on the tiny recipe — every stage and gate — and what re-running it does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import run_cli
+
+STEPS = ["sft.max_steps=3", "rm.max_steps=3", "dpo.max_steps=3"]
+
+
+def _manifest(run_dir, stage) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cache"))
+
+
+def test_pipeline_runs_every_stage_with_gates_then_resumes(tmp_path, small_scorer, tiny_model_dir, capsys):
+    runs = tmp_path / "runs"
+    command = ["pipeline", "--config", "tiny", f"runs_dir={runs}", "gate.enabled=true", f"gate.scorer={small_scorer}",
+               *STEPS]
+    assert run_cli(*command) == 0
+    run_dir = runs / "tiny"
+    manifests = {stage: _manifest(run_dir, stage) for stage in ("sft", "rm", "dpo")}
+    assert all(m["status"] in ("promoted", "overridden", "gate_failed") for m in manifests.values())
+    assert manifests["sft"]["gate"]["checks"] and manifests["dpo"]["gate"]["checks"]  # gated
+    assert manifests["rm"]["gate"] is None  # a reward model generates nothing to gate
+    assert manifests["rm"]["parent"]["path"] == str(run_dir / "sft")
+    assert manifests["dpo"]["parent"]["path"] == str(run_dir / "sft")
+    assert (run_dir / "sft" / "gate_report.html").is_file()
+    report = (run_dir / "report.html").read_text()
+    assert "Training curves" in report and "<td>dpo</td>" in report
+    out = capsys.readouterr().out
+    assert "[3/3] dpo" in out and "align pipeline" in out
+
+    # The same command again: every finished stage is skipped, nothing is retrained.
+    assert run_cli(*command) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier with the same inputs — skipped") == 3
+    for stage, manifest in manifests.items():
+        assert _manifest(run_dir, stage)["finished_at"] == manifest["finished_at"]
+
+    # A changed DPO setting reruns DPO only.
+    assert run_cli(*command, "dpo.beta=0.3") == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 2
+    assert _manifest(run_dir, "sft")["finished_at"] == manifests["sft"]["finished_at"]
+    assert _manifest(run_dir, "dpo")["config"]["dpo"]["beta"] == pytest.approx(0.3)
+
+
+def test_failed_gate_stops_the_pipeline_and_override_is_recorded(tmp_path, small_scorer, tiny_model_dir, capsys):
+    runs = tmp_path / "runs"
+    # A limit no model meets: CrowS-Pairs stereotype share at most -1.
+    command = ["pipeline", "--config", "tiny", f"runs_dir={runs}", "gate.enabled=true", f"gate.scorer={small_scorer}",
+               "gate.limits.crows_pairs_stereotype_share.max=-1", *STEPS]
+    assert run_cli(*command) == 2
+    err = capsys.readouterr().err
+    assert "failed its gate" in err and "crows_pairs.stereotype_share" in err
+    run_dir = runs / "tiny"
+    assert _manifest(run_dir, "sft")["status"] == "gate_failed"
+    assert not (run_dir / "rm").exists()
+
+    assert run_cli(*command, "--override-gate", "bias limit under review") == 0
+    for stage in ("sft", "dpo"):
+        manifest = _manifest(run_dir, stage)
+        assert manifest["status"] == "overridden"
+        assert manifest["gate"]["override"] == "bias limit under review"
+        assert "bias limit under review" in (run_dir / stage / "README.md").read_text()
