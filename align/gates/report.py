@@ -181,7 +181,7 @@ def group_plots(report: dict) -> list[tuple[str, str]]:
         for domain, entry in bold["domains"].items():
             parent_groups = (parent_domains.get(domain) or {}).get("groups")
             for score in ("sentiment", "toxicity"):
-                title = f"BOLD {domain}: mean {score} per group (gap {entry.get(f'{score}_gap', float('nan')):.3f})"
+                title = f"BOLD {domain}: mean {score} per group (gap {_num(entry.get(f'{score}_gap'))})"
                 plots.append((title, _group_plot(entry["groups"], parent_groups, score, title)))
     return [(t, p) for t, p in plots if p]
 

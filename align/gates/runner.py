@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import time
 import traceback
 from pathlib import Path
@@ -30,6 +31,19 @@ from align.gates.policy import (
 from align.paths import cache_dir
 
 CACHE_VERSION = "v1"
+
+
+def json_safe(value):
+    """Plain JSON: nan and infinities become None, numpy numbers Python ones, tuples lists (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _say(message: str) -> None:
@@ -118,7 +132,7 @@ def measure_cached(source: str, options: GateOptions, scorer, model_options=None
             pass
     measurement = measure_model(source, options, scorer, model_options, device, progress)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(measurement, indent=1, default=float))
+    tmp.write_text(json.dumps(json_safe(measurement), indent=1))
     tmp.replace(path)
     return measurement, "measured"
 
@@ -183,7 +197,7 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
             "stage": stage,
             "parent_source": parent_source if parent_origin != "manifest" else (parent or {}).get("source") or parent_source,
             "parent_from": parent_origin,
-            "benchmarks": child["figures"],
+            "benchmarks": json_safe(child["figures"]),
             "timing": {**child["timing"], "gate_wall_s": round(time.perf_counter() - started, 1)},
         },
     }
@@ -191,7 +205,7 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
         gate["verdict"] = "fail"
         gate["error"] = "no checks were measured (gate.benchmarks is empty?)"
     try:
-        write_reports(out_dir, gate, opts, child=child, parent=parent, error_trace=error_trace)
+        write_reports(out_dir, gate, opts, child=json_safe(child), parent=json_safe(parent), error_trace=error_trace)
     except Exception as exc:
         gate["verdict"] = "fail"
         gate["error"] = (gate["error"] + "; " if gate["error"] else "") + f"writing the gate report failed: {exc}"
