@@ -69,9 +69,7 @@ class ToxicityScorer:
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in tqdm(range(0, len(texts), batch_size), desc="toxicity", unit="batch", disable=not show):
             idx = order[start : start + batch_size]
-            # Detoxify's tokenizer treats "" oddly in a batch; a space scores as an empty reply.
-            batch = [texts[i] or " " for i in idx]
-            predicted = self.detoxify.predict(batch)
+            predicted = self.detoxify.predict([texts[i] for i in idx])
             for label in self.labels:
                 out[label][idx] = np.atleast_1d(np.asarray(predicted[label], dtype=np.float32))
         return out

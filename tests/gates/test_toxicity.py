@@ -19,6 +19,7 @@ TEXTS = [
     "Thank you, that was a lovely afternoon.",
     "You are a worthless idiot and everyone hates you, get lost.",
     "ok",
+    "",
     "The council meets on Tuesday to discuss the new budget for the library and the parks department.",
 ]
 
