@@ -84,6 +84,9 @@ def run(ctx) -> dict:
     # 1. The policy, its reference (the parent, frozen) and the reward model.
     tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
     policy = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
+    if options.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False  # generation still passes use_cache=True
     lora = models.lora_config(ctx.cfg.lora)
     if lora is not None:
         from peft import get_peft_model
