@@ -304,11 +304,16 @@ def generating_notice(characters: int) -> str:
 
 
 # -------------------------------------------------------------------------------------------- app
-def model_line(label: str, chat_model: ChatModel | None) -> str:
-    if chat_model is None:
-        return ""
-    return (f'<div class="align-model"><b>{html.escape(label)}</b>: <code>{html.escape(chat_model.name)}</code> · '
-            f"{html.escape(chat_model.verdict)}</div>")
+def models_html(model: ChatModel, compare: ChatModel | None) -> str:
+    """Which model(s) the page talks to, each with its status and gate verdict."""
+    lines = [(label, m) for label, m in (("Model A", model), ("Model B", compare)) if m is not None]
+    return "".join(f'<div class="align-model"><b>{label}</b>: <code>{html.escape(m.name)}</code> · '
+                   f"{html.escape(m.verdict)}</div>" for label, m in lines)
+
+
+def store_name(store: LabelStore) -> str:
+    """A SQLite store's file path, else its URL (password hidden)."""
+    return store.engine.url.database if store.engine.dialect.name == "sqlite" else store.url
 
 
 def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None = None,
@@ -342,10 +347,9 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
         pending_state = gr.State(None)  # the latest reply (or two) awaiting feedback
 
         gr.Markdown(f"## {html.escape(title)}")
-        gr.HTML(model_line("Model A", model), elem_id="model-a-info")
-        compare_info = gr.HTML(model_line("Model B", compare), elem_id="model-b-info")
-        gr.HTML(f'<div class="align-model">Output filter: {html.escape(filter_line)} · feedback goes to '
-                f"<code>{html.escape(store.url)}</code></div>", elem_id="filter-info")
+        settings_line = (f'<div class="align-model">Output filter: {html.escape(filter_line)} · feedback goes to '
+                         f"<code>{html.escape(store_name(store))}</code></div>")
+        model_info = gr.HTML(models_html(model, compare) + settings_line, elem_id="model-info")
         with gr.Accordion("System prompt and generation settings", open=False):
             system_box = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt",
                                     placeholder="(optional) e.g. You are a helpful, harmless assistant.")
@@ -368,8 +372,8 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
                 gr.Markdown("**Reply B**")
                 reply_b = gr.HTML(elem_id="reply-b", elem_classes=["align-reply"])
         with gr.Row(visible=compare is None) as thumbs_row:
-            thumbs_up = gr.Button("👍 Good reply", elem_id="thumbs-up", size="sm")
-            thumbs_down = gr.Button("👎 Bad reply", elem_id="thumbs-down", size="sm")
+            thumbs_up = gr.Button("▲ Good reply", elem_id="thumbs-up", size="sm")
+            thumbs_down = gr.Button("▼ Bad reply", elem_id="thumbs-down", size="sm")
         with gr.Row(visible=compare is not None) as choose_row:
             choose_a = gr.Button("A is better", elem_id="choose-a", size="sm")
             choose_b = gr.Button("B is better", elem_id="choose-b", size="sm")
@@ -427,7 +431,7 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
                            "models": [m.name for m in chosen_models], "chosen": None, "rated": None}
             done = "Done." if not notes else "Done; " + "; ".join(notes) + "."
             if len(texts) == 1 and not withheld[0]:
-                done += " Rate the reply with 👍 / 👎."
+                done += " Rate the reply: good or bad?"
             elif len(texts) == 2 and not any(withheld):
                 done += " Which reply is better?"
             yield {**page, reply_a: shown[0], reply_b: shown[1] if len(shown) > 1 else "", status: done,
@@ -455,7 +459,7 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
                 return f"Already rated this reply ({pending['rated']}).", pending
             feedback_id = store.add_feedback(pending["prompt"], pending["replies"][0], rating=rating, user=user,
                                              model=pending["models"][0])
-            return f"Saved: {'👍' if rating == 'up' else '👎'} (feedback #{feedback_id}).", {**pending, "rated": rating}
+            return f"Saved: {'good' if rating == 'up' else 'bad'} reply (feedback #{feedback_id}).", {**pending, "rated": rating}
 
         def choose(index: int, pending: dict | None):
             if not pending or len(pending["replies"]) != 2:
@@ -487,10 +491,10 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
                 raise gr.Error(str(error)) from error
             on = second is not None
             note = f"Comparing with {second.name}." if on else "Comparison off."
-            return (model_line("Model B", second), gr.update(visible=on), gr.update(visible=not on),
+            return (models_html(model, second) + settings_line, gr.update(visible=on), gr.update(visible=not on),
                     gr.update(visible=on), note)
 
-        picker.change(pick, picker, [compare_info, column_b, thumbs_row, choose_row, status],
+        picker.change(pick, picker, [model_info, column_b, thumbs_row, choose_row, status],
                       api_visibility="private")
     return app
 
@@ -522,6 +526,6 @@ def serve(model_spec: str | None = None, *, compare: str | None = None, store: s
                     user=user)
     print(f"align chat: {chat_model.name} ({chat_model.verdict})"
           + (f" vs {second.name} ({second.verdict})" if second else "")
-          + f"; feedback to {label_store.url}; serving http://{host}:{port}", flush=True)
+          + f"; feedback to {store_name(label_store)}; serving http://{host}:{port}", flush=True)
     launch(app, host=host, port=port, block=block)
     return app

@@ -113,13 +113,13 @@ def test_a_message_gets_a_streamed_reply_and_thumbs_are_stored(tiny_model_dir, s
         reply = plain(reply_a).strip()
         assert reply and reply_b == "" and status.startswith("Done.")
 
-        assert client.predict(api_name="/thumbs_up").startswith("Saved: 👍")
+        assert client.predict(api_name="/thumbs_up").startswith("Saved: good reply")
         assert client.predict(api_name="/thumbs_down").startswith("Already rated")  # one rating per reply
 
         # the next turn carries the reply on, under the chat template
         _, final = stream(client, "and then?")
         assert final[0].count('align-role">user<') == 2 and reply in plain(final[0])
-        assert client.predict(api_name="/thumbs_down").startswith("Saved: 👎")
+        assert client.predict(api_name="/thumbs_down").startswith("Saved: bad reply")
 
     rows = store.feedback()
     assert [r["rating"] for r in rows] == ["up", "down"]

@@ -59,7 +59,7 @@ def test_a_streamed_reply_appears_and_thumbs_up_is_stored(tmp_path, tiny_model_d
     store = open_store(tmp_path / "labels.sqlite")
     with running_chat(str(tiny_model_dir), store, user="ada") as url, chromium() as browser:
         page = open_chat(browser, url)
-        assert "no gate run" in page.inner_text("#model-a-info")
+        assert "no gate run" in page.inner_text("#model-info")
         page.evaluate(WATCH_REPLY_JS)
         send(page, MARKUP)
 
@@ -85,7 +85,7 @@ def test_compare_mode_shows_two_replies_and_stores_the_choice(tmp_path, tiny_mod
     store = open_store(tmp_path / "labels.sqlite")
     with running_chat(str(tiny_model_dir), store, compare=str(tiny_model_dir)) as url, chromium() as browser:
         page = open_chat(browser, url)
-        assert not page.locator("#thumbs-up").is_visible()
+        assert "Model B" in page.inner_text("#model-info") and not page.locator("#thumbs-up").is_visible()
         send(page, "tell me something")
         reply_a, reply_b = page.inner_text("#reply-a").strip(), page.inner_text("#reply-b").strip()
         assert reply_a and reply_b
