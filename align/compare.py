@@ -188,15 +188,16 @@ def compare_to_parent(child, parent, tokenizer, pairs: Sequence[dict], prompts: 
 
     in_parent = parent_context or nullcontext
     metrics: dict = {}
-    child_lp = pair_logprobs(child, tokenizer, pairs, max_length, batch_size)
-    with in_parent():
-        parent_lp = pair_logprobs(parent, tokenizer, pairs, max_length, batch_size)
-    for who, lp in (("child", child_lp), ("parent", parent_lp)):
-        for form, value in likelihood_accuracy(lp).items():
-            metrics[f"pref_acc_{form}_{who}"] = value
-    implicit = implicit_accuracy(child_lp, parent_lp, beta)
-    metrics["pref_acc_implicit_child"] = implicit["accuracy"]
-    metrics["implicit_reward_margin"] = implicit["margin"]
+    if pairs:  # prompt-only data (PPO) has no pairs: the preference figures are left out
+        child_lp = pair_logprobs(child, tokenizer, pairs, max_length, batch_size)
+        with in_parent():
+            parent_lp = pair_logprobs(parent, tokenizer, pairs, max_length, batch_size)
+        for who, lp in (("child", child_lp), ("parent", parent_lp)):
+            for form, value in likelihood_accuracy(lp).items():
+                metrics[f"pref_acc_{form}_{who}"] = value
+        implicit = implicit_accuracy(child_lp, parent_lp, beta)
+        metrics["pref_acc_implicit_child"] = implicit["accuracy"]
+        metrics["implicit_reward_margin"] = implicit["margin"]
 
     generate = dict(n=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, do_sample=True,
                     batch_size=batch_size, seed=seed)

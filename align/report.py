@@ -13,9 +13,11 @@ from align.runs import read_manifest
 # The figures worth a column in the summary, per stage (the manifest has them all).
 KEY_METRICS = {
     "sft": ("eval_perplexity_before", "eval_perplexity_after"),
-    "rm": ("eval_accuracy", "eval_mean_margin"),
-    "dpo": ("parent_preference_accuracy", "preference_accuracy", "rm_win_rate", "kl_to_parent"),
-    "ppo": ("rm_reward_parent", "rm_reward", "rm_win_rate", "kl_to_parent"),
+    "rm": ("eval_accuracy_before", "eval_accuracy", "eval_mean_margin"),
+    "dpo": ("eval_pref_acc_logp_mean_parent", "eval_pref_acc_logp_mean_child", "eval_pref_acc_implicit_child",
+            "eval_win_rate_vs_parent", "eval_kl_per_sequence", "eval_reply_tokens_parent", "eval_reply_tokens_child"),
+    "ppo": ("rm_reward_parent", "rm_reward_child", "win_rate_vs_parent", "kl_per_sequence", "reply_tokens_parent",
+            "reply_tokens_child"),
 }
 
 

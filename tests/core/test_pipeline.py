@@ -48,7 +48,7 @@ def test_pipeline_runs_every_stage_with_gates_then_resumes(tmp_path, small_score
     # A changed DPO setting reruns DPO only.
     assert run_cli(*command, "dpo.beta=0.3") == 0
     out = capsys.readouterr().out
-    assert out.count("skipped") == 2
+    assert out.count("finished earlier with the same inputs — skipped") == 2
     assert _manifest(run_dir, "sft")["finished_at"] == manifests["sft"]["finished_at"]
     assert _manifest(run_dir, "dpo")["config"]["dpo"]["beta"] == pytest.approx(0.3)
 
