@@ -8,7 +8,7 @@ import re
 import pytest
 
 from data.store import open_store
-from tests.ui.chat_support import running_chat
+from tests.ui.chat_support import make_stage, running_chat
 from tests.ui.label_support import chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -81,11 +81,20 @@ def test_a_streamed_reply_appears_and_thumbs_up_is_stored(tmp_path, tiny_model_d
     assert letters(row["reply"]) == letters(shown)
 
 
-def test_compare_mode_shows_two_replies_and_stores_the_choice(tmp_path, tiny_model_dir):
+def test_picking_a_model_to_compare_shows_two_replies_and_stores_the_choice(tmp_path, tiny_model_dir):
+    runs = tmp_path / "runs"
+    sft = make_stage(runs, "demo", "sft", tiny_model_dir)
     store = open_store(tmp_path / "labels.sqlite")
-    with running_chat(str(tiny_model_dir), store, compare=str(tiny_model_dir)) as url, chromium() as browser:
+    with running_chat(str(tiny_model_dir), store, runs_dir=runs) as url, chromium() as browser:
         page = open_chat(browser, url)
-        assert "Model B" in page.inner_text("#model-info") and not page.locator("#thumbs-up").is_visible()
+        assert page.locator("#thumbs-up").is_visible() and not page.locator("#reply-b").is_visible()
+        page.click("text=System prompt and generation settings")
+        page.click("#compare-with input")
+        page.get_by_role("option", name=str(sft)).click()
+        page.wait_for_function("document.querySelector('#model-info').innerText.includes('Model B')",
+                               timeout=60_000)
+        assert "promoted · gate pass (2 checks passed)" in page.inner_text("#model-info")
+        assert page.locator("#reply-b").is_visible() and not page.locator("#thumbs-up").is_visible()
         send(page, "tell me something")
         reply_a, reply_b = page.inner_text("#reply-a").strip(), page.inner_text("#reply-b").strip()
         assert reply_a and reply_b
@@ -97,3 +106,4 @@ def test_compare_mode_shows_two_replies_and_stores_the_choice(tmp_path, tiny_mod
     assert pair["prompt"] == [{"role": "user", "content": "tell me something"}]
     assert letters(pair["chosen"][0]["content"]) == letters(reply_a)
     assert letters(pair["rejected"][0]["content"]) == letters(reply_b)
+    assert store.feedback()[0]["model"] == f"{tiny_model_dir} > {sft}"
