@@ -354,11 +354,12 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
             system_box = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt",
                                     placeholder="(optional) e.g. You are a helpful, harmless assistant.")
             with gr.Row():
-                temperature = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05,
-                                        label="Temperature (0 = greedy)", elem_id="temperature")
-                top_p = gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p", elem_id="top-p")
-                max_tokens = gr.Slider(1, 1024, value=settings.max_new_tokens, step=1, label="Max new tokens",
-                                       elem_id="max-new-tokens")
+                temperature_slider = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05,
+                                               label="Temperature (0 = greedy)", elem_id="temperature")
+                top_p_slider = gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p",
+                                         elem_id="top-p")
+                max_tokens_slider = gr.Slider(1, 1024, value=settings.max_new_tokens, step=1,
+                                              label="Max new tokens", elem_id="max-new-tokens")
             picker = gr.Dropdown(picker_choices, value=compare.name if compare else "", label="Compare with",
                                  elem_id="compare-with", allow_custom_value=True,
                                  info="a second model whose replies appear beside model A's "
@@ -395,7 +396,7 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
             index = pending["chosen"] if pending.get("chosen") is not None else kept[0]
             return list(pending["turns"]) + [{"role": "assistant", "content": pending["replies"][index]}]
 
-        def send(message, system_prompt, temp, nucleus, max_new, compare_with, history, pending):
+        def send(message, system_prompt, temperature, top_p, max_new_tokens, compare_with, history, pending):
             """Stream the reply (or two) to `message`; yields the page's updates."""
             if not (message or "").strip():
                 yield {status: "Type a message first."}
@@ -408,7 +409,7 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
             except AlignError as error:
                 raise gr.Error(str(error)) from error
             chosen_models = [model] + ([second] if second is not None else [])
-            run_settings = GenerationSettings(float(temp), float(nucleus), int(max_new))
+            run_settings = GenerationSettings(float(temperature), float(top_p), int(max_new_tokens))
             page = {conversation: conversation_html(turns), reply_a: "", reply_b: "", message_box: "",
                     status: "Generating…", history_state: history, pending_state: None}
             yield page
@@ -437,7 +438,8 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
             yield {**page, reply_a: shown[0], reply_b: shown[1] if len(shown) > 1 else "", status: done,
                    pending_state: new_pending}  # the whole page, so an API caller's result has it all
 
-        send_inputs = [message_box, system_box, temperature, top_p, max_tokens, picker, history_state, pending_state]
+        send_inputs = [message_box, system_box, temperature_slider, top_p_slider, max_tokens_slider, picker,
+                       history_state, pending_state]
         send_outputs = [conversation, reply_a, reply_b, status, history_state, pending_state, message_box]
         # the progress timer goes on the status line, not over the replies as they stream
         send_button.click(send, send_inputs, send_outputs, api_name="send", show_progress_on=status)

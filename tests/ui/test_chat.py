@@ -16,7 +16,7 @@ from ui.chat import EMBEDDED_DEFAULT, default_store_path, gate_summary, resolve_
 
 pytestmark = pytest.mark.timeout(300)
 
-SEND_DEFAULTS = dict(system_prompt="", temp=1.0, nucleus=0.9, max_new=24, compare_with="")
+SEND_DEFAULTS = dict(system_prompt="", temperature=1.0, top_p=0.9, max_new_tokens=24, compare_with="")
 
 
 @pytest.fixture(autouse=True)
