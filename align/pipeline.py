@@ -127,14 +127,5 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(args.config, args.overrides, command="pipeline")
     run_dir = run_pipeline(cfg, run=args.run, override_gate=args.override_gate)
-    final = None
-    from align.runs import read_manifest
-
-    for stage in reversed(list(cfg.pipeline.stages)):
-        manifest = read_manifest(run_dir / stage)
-        if manifest and stage != "rm" and manifest.get("status") in ("promoted", "overridden"):
-            final = run_dir / stage
-            break
-    if final is not None:
-        _say(f"chat with the aligned model: python -m align.run chat --model {final}")
+    _say(f"chat with the aligned model: python -m align.run chat --model {run_dir}")
     return 0
