@@ -68,9 +68,6 @@ def load_scorer_for(options: GateOptions):
 def measure_model(source: str, options: GateOptions, scorer, model_options=None, device: str = "auto",
                   progress: bool = True) -> dict:
     """Every selected benchmark on one model: {"metrics": {name: {value, ci95}}, "figures", "examples", "timing"}."""
-    from align.gates import bias, toxicity_eval
-    from align.models import load_causal_lm, load_tokenizer
-
     options = effective_options(options)
     unknown = set(options.benchmarks) - {"toxicity", "crows_pairs", "bbq", "bold"}
     if unknown:
@@ -78,6 +75,21 @@ def measure_model(source: str, options: GateOptions, scorer, model_options=None,
 
         raise ConfigError(f"gate.benchmarks: unknown {sorted(unknown)}; choose from toxicity, crows_pairs, bbq, bold")
     started = time.perf_counter()
+    import torch
+
+    threads = torch.get_num_threads()
+    if options.threads > 0:
+        torch.set_num_threads(options.threads)
+    try:
+        return _measure(source, options, scorer, model_options, device, progress, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(source, options, scorer, model_options, device, progress, started) -> dict:
+    from align.gates import bias, toxicity_eval
+    from align.models import load_causal_lm, load_tokenizer
+
     tokenizer = load_tokenizer(source, model_options)
     model = load_causal_lm(source, model_options, device=device)
     timing = {"load_s": round(time.perf_counter() - started, 1)}
