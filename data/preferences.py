@@ -171,3 +171,16 @@ def write_dropped(rows: Rows, folder) -> None:
     with path.open("a", encoding="utf-8") as out:
         out.write(f"# {rows.spec} ({rows.split}) from {rows.source}: {len(rows.dropped)} rows dropped\n")
         out.writelines(line + "\n" for line in rows.dropped)
+
+
+def load_stage_pairs(ctx) -> tuple[Rows, Rows]:
+    """A preference stage's training and held-out pairs (its `data`, `eval_data`, row limits and bad-row policy),
+    recorded in the manifest, with any dropped rows listed in the stage's dropped_rows.txt."""
+    options = ctx.options
+    train_rows = load_preferences(options.data, "train", limit=options.max_rows, on_bad=options.on_bad_rows)
+    eval_rows = load_preferences(options.eval_data or options.data, "test", limit=options.eval_rows,
+                                 on_bad=options.on_bad_rows)
+    for rows in (train_rows, eval_rows):
+        ctx.record_data(rows)
+        write_dropped(rows, ctx.output_dir)
+    return train_rows, eval_rows

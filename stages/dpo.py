@@ -42,7 +42,7 @@ def run(ctx) -> dict:
 
     from align import models, training
     from align.compare import compare_to_parent
-    from data.preferences import load_preferences, write_dropped
+    from data.preferences import load_stage_pairs
 
     options, model_options = ctx.options, ctx.cfg.model
     lora = models.lora_config(ctx.cfg.lora)
@@ -56,12 +56,7 @@ def run(ctx) -> dict:
         reference.requires_grad_(False).eval()
 
     # 2. Preference pairs (bad rows dropped with their row numbers, or refused), and held-out prompts.
-    train_rows = load_preferences(options.data, "train", limit=options.max_rows, on_bad=options.on_bad_rows)
-    eval_rows = load_preferences(options.eval_data or options.data, "test", limit=options.eval_rows,
-                                 on_bad=options.on_bad_rows)
-    for rows in (train_rows, eval_rows):
-        ctx.record_data(rows)
-        write_dropped(rows, ctx.output_dir)
+    train_rows, eval_rows = load_stage_pairs(ctx)
     held_out = eval_rows.rows
     prompts = unique_prompts(held_out)[:options.eval_prompts]
 

@@ -32,7 +32,7 @@ def run(ctx) -> dict:
 
     from align import models, training
     from align.reward import RewardModel, score_pairs
-    from data.preferences import load_preferences, write_dropped
+    from data.preferences import load_stage_pairs
 
     options, model_options = ctx.options, ctx.cfg.model
 
@@ -42,12 +42,7 @@ def run(ctx) -> dict:
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the reward at the last non-pad token
 
     # 2. Preference pairs: training and held-out, each row checked (bad ones dropped with their row numbers).
-    train_rows = load_preferences(options.data, "train", limit=options.max_rows, on_bad=options.on_bad_rows)
-    eval_rows = load_preferences(options.eval_data or options.data, "test", limit=options.eval_rows,
-                                 on_bad=options.on_bad_rows)
-    for rows in (train_rows, eval_rows):
-        ctx.record_data(rows)
-        write_dropped(rows, ctx.output_dir)
+    train_rows, eval_rows = load_stage_pairs(ctx)
     held_out = eval_rows.rows
 
     # 3. The held-out pairs under the untrained head (a baseline near chance).
