@@ -155,3 +155,19 @@ def test_killed_run_leaves_no_finished_folder_and_resume_continues(runs_dir, tin
     logged_by_resumed_run = output.count("{'loss'")
     assert logged_by_resumed_run == 40 - saved, "the resumed run must not redo the steps before its checkpoint"
     assert not (runs_dir / "crash" / ".work").exists()
+
+
+@pytest.mark.slow
+def test_embedded_model_converts_trains_and_reloads(tmp_path):
+    """The default path on the real embedded SmolLM2-135M: GGUF → safetensors (cached), SFT steps, a plain reload."""
+    runs = tmp_path / "runs"
+    assert run_cli("sft", f"runs_dir={runs}", "--run", "embedded", "max_steps=2", "max_rows=16", "eval_rows=8",
+                   "max_length=128", "batch_size=4", "gate.enabled=false") == 0
+    folder = runs / "embedded" / "sft"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"]["source"] == "embedded:smollm2-135m-instruct"
+    assert manifest["metrics"]["steps"] == 2 and manifest["metrics"]["eval_perplexity_before"] < 100
+    model, tokenizer = _load(folder)
+    assert sum(p.numel() for p in model.parameters()) > 100_000_000
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                                                   add_generation_prompt=True)
