@@ -44,3 +44,14 @@ def small_scorer(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("scorer") / "minilm-small"
     return str(build_offline_checkpoint(folder, max_steps=1, max_train_rows=16, eval_rows=8, progress=False))
+
+
+@pytest.fixture(autouse=True)
+def torch_threads(request):
+    """One torch thread for tests on the tiny model (see OMP_NUM_THREADS above); every core for the slow ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) if request.node.get_closest_marker("slow") else 1)
+    yield
+    torch.set_num_threads(before)

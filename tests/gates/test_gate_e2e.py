@@ -13,38 +13,10 @@ TINY_SIZES = dict(toxicity_prompts=9, samples_per_prompt=2, max_new_tokens=6, cr
                   bold_prompts_per_group=1, bold_domains=["gender", "religious_ideology"], n_resamples=200)
 
 
-@pytest.fixture(scope="module")
-def small_scorer(tmp_path_factory) -> str:
-    """A real Detoxify-format checkpoint, trained for a step on a few rows (quality does not matter here)."""
-    import torch
-
-    from align.gates.toxicity_train import build_offline_checkpoint
-
-    folder = tmp_path_factory.mktemp("scorer") / "minilm-small"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return str(build_offline_checkpoint(folder, max_steps=1, max_train_rows=16, eval_rows=8, progress=False))
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Parent measurements are cached under ALIGN_CACHE: keep them out of the user's cache."""
     monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny model's matrices are too small to share between threads; on a busy machine, threads waiting for
-    each other make these tests ten times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, small_scorer):

@@ -19,17 +19,6 @@ pytestmark = pytest.mark.timeout(300)
 SEND_DEFAULTS = dict(system_prompt="", temperature=1.0, top_p=0.9, max_new_tokens=24, compare_with="")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny model's matrices are too small to share between threads; on a busy machine, one thread is faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture()
 def store(tmp_path):
     store = open_store(tmp_path / "labels.sqlite")

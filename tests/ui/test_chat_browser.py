@@ -27,16 +27,6 @@ WATCH_REPLY_JS = """() => {
 }"""
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def letters(text: str) -> str:
     """Word characters only: the page drops the control characters a random model emits."""
     return re.sub(r"\W", "", text)
