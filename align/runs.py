@@ -195,9 +195,7 @@ def resolve_parent(spec: str | None, parent_stages: tuple[str, ...], runs_dir: P
             return Parent(source=base_source)
     path = Path(spec)
     manifest = read_manifest(path) if path.is_dir() else None
-    if manifest is None:
-        if path.is_dir() and (path / ".." / ".work").exists() and not any(path.iterdir()):
-            raise AlignError(f"{path} is empty: the stage did not finish")
+    if manifest is None:  # a plain model folder, a hub id or embedded:...
         return Parent(source=spec)
     check_parent_gate(path, manifest, override_reason)
     return Parent(source=str(path), manifest=manifest,
