@@ -21,8 +21,8 @@ from pathlib import Path
 
 from align import config as config_mod
 from align.card import write_model_card
-from align.runs import (Parent, StageWork, find_resumable, new_run_name, resolve_parent, stage_fingerprint,
-                        write_json)
+from align.runs import (Parent, StageWork, find_resumable, new_run_name, package_versions, resolve_parent,
+                        stage_fingerprint, write_json)
 
 Stage = object  # a module following the protocol above
 
@@ -55,15 +55,8 @@ class StageContext:
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
-    versions = {"python": platform.python_version()}
-    for package in ("align", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            versions[package] = None
-    return versions
+    return {"python": platform.python_version(),
+            **package_versions("align", "torch", "transformers", "trl", "peft", "accelerate", "datasets")}
 
 
 def _git_commit() -> str | None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
+from align.gates.report import png_base64
 from align.runs import read_manifest
 
 # The figures worth a column in the summary, per stage (the manifest has them all).
@@ -57,15 +56,6 @@ def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list
     Console().print(table)
 
 
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def _training_curves(run_dir: Path, stages: list[str]) -> str | None:
     import matplotlib
 
@@ -88,7 +78,7 @@ def _training_curves(run_dir: Path, stages: list[str]) -> str | None:
         ax.set_title(f"{stage}: training loss")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _gate_figures(manifest: dict) -> str | None:
@@ -111,7 +101,7 @@ def _gate_figures(manifest: dict) -> str | None:
     ax.set_yticks(list(ys), names)
     ax.legend()
     ax.set_title(f"{manifest['stage']} gate: child (green = passed) vs parent")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float) -> Path:

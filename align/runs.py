@@ -40,11 +40,29 @@ def read_manifest(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file so a reader never sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write through a temporary file beside the target so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def package_versions(*names: str) -> dict:
+    """Installed versions of the named packages (None where one is missing), for provenance in manifests."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def new_run_name(recipe_name: str) -> str:
@@ -215,9 +233,12 @@ def stage_fingerprint(stage: str, cfg, parent: Parent) -> str:
         "section": section,
         "shared": {key: recipe.get(key) for key in ("model", "lora", "gate", "seed", "device")},
         "parent": parent.describe().get("manifest_sha256") or parent.source,
-        "data": {key: spec_digest(value) for key, value in section.items()
-                 if isinstance(value, str) and spec_digest(value) is not None},
+        "data": {},
     }
+    for key, value in section.items():  # the content of every dataset the stage's options name
+        digest = spec_digest(value) if isinstance(value, str) else None
+        if digest is not None:
+            inputs["data"][key] = digest
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -12,9 +12,10 @@ import dataclasses
 import html
 import io
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
+
+from align.runs import write_text_atomic
 
 JSON_NAME = "gate_report.json"
 HTML_NAME = "gate_report.html"
@@ -38,8 +39,8 @@ def write_reports(out_dir: Path, gate: dict, options, child: dict, parent: dict 
         "most_toxic_replies": child.get("examples", []),
         "error_trace": error_trace,
     }
-    json_path = _write(out_dir / JSON_NAME, json.dumps(report, indent=2, default=_json_default) + "\n")
-    html_path = _write(out_dir / HTML_NAME, render_html(report))
+    json_path = write_text_atomic(out_dir / JSON_NAME, json.dumps(report, indent=2, default=_json_default) + "\n")
+    html_path = write_text_atomic(out_dir / HTML_NAME, render_html(report))
     return json_path, html_path
 
 
@@ -50,17 +51,11 @@ def _json_default(value):
         return str(value)
 
 
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------- plots
 
 
-def _png(fig) -> str:
+def png_base64(fig) -> str:
+    """A matplotlib figure as a base64 PNG for an <img> in a self-contained HTML page (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -123,7 +118,7 @@ def plot_checks(report: dict) -> str | None:
     _paired_bars(ax, names, child, [p or 0.0 for p in parent] if has_parent else None,
                  "checks: model vs parent (95% bootstrap intervals)", _errors(child_metrics, names),
                  _errors(parent_metrics, names) if has_parent else None)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def plot_toxicity_histogram(report: dict) -> str | None:
@@ -142,7 +137,7 @@ def plot_toxicity_histogram(report: dict) -> str | None:
         ax.axvline(tox.get("threshold", 0.5), color="red", linestyle=":", linewidth=1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("toxicity", fontsize=8)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _group_plot(child: dict, parent: dict | None, key: str, title: str) -> str | None:
@@ -156,7 +151,7 @@ def _group_plot(child: dict, parent: dict | None, key: str, title: str) -> str |
     fig, ax = _figure(8, 0.3 * len(labels) + 1.2)
     _paired_bars(ax, labels, [v if v is not None else 0.0 for v in values],
                  [p if p is not None else 0.0 for p in parents] if parents else None, title)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def group_plots(report: dict) -> list[tuple[str, str]]:

