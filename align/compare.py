@@ -171,6 +171,32 @@ def kl_to_reference(policy, reference, tokenizer, prompts: Sequence[Messages], r
             "kl_per_token": round(total_kl / max(total_tokens, 1), 6)}
 
 
+# ------------------------------------------------------------------------------------------ RM judgement
+
+
+def rm_judgement(prompts: Sequence[Messages], child_replies: Sequence[str], parent_replies: Sequence[str],
+                 reward_model, batch_size: int = 8, max_length: int | None = 1024) -> dict:
+    """Two models' replies to the same prompts, judged by a reward model: the child's win rate (a tie counts
+    half) and both mean rewards, with paired-bootstrap 95% intervals over the prompts."""
+    import numpy as np
+
+    from align.gates.stats import bootstrap_ci
+    from align.reward import score
+
+    def scores(replies):
+        return np.array(score([list(p) + [{"role": "assistant", "content": r}] for p, r in zip(prompts, replies)],
+                              reward_model, batch_size, max_length))
+
+    child, parent = scores(child_replies), scores(parent_replies)
+    wins = (child > parent) + 0.5 * (child == parent)
+    low, high = bootstrap_ci(np.mean, wins)
+    gain_low, gain_high = bootstrap_ci(np.mean, child - parent)
+    return {"win_rate_vs_parent": round(float(wins.mean()), 4),
+            "win_rate_vs_parent_ci95": [round(low, 4), round(high, 4)],
+            "rm_reward_child": round(float(child.mean()), 4), "rm_reward_parent": round(float(parent.mean()), 4),
+            "rm_reward_gain_ci95": [round(gain_low, 4), round(gain_high, 4)]}
+
+
 # ------------------------------------------------------------------------------------------ whole report
 
 
@@ -211,15 +237,7 @@ def compare_to_parent(child, parent, tokenizer, pairs: Sequence[dict], prompts: 
         lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
         metrics[f"reply_tokens_{who}"] = round(sum(lengths) / max(len(lengths), 1), 2)
     if reward_model is not None:
-        from align.reward import score
-
-        child_scores = score([p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, child_replies)],
-                             reward_model, batch_size, max_length)
-        parent_scores = score([p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, parent_replies)],
-                              reward_model, batch_size, max_length)
-        metrics["win_rate_vs_parent"] = _win_share(child_scores, parent_scores)
-        metrics["rm_reward_child"] = round(sum(child_scores) / len(child_scores), 4)
-        metrics["rm_reward_parent"] = round(sum(parent_scores) / len(parent_scores), 4)
+        metrics.update(rm_judgement(prompts, child_replies, parent_replies, reward_model, batch_size, max_length))
     metrics["samples"] = {"prompts": [p[-1]["content"] for p in prompts[:3]], "child": child_replies[:3],
                           "parent": parent_replies[:3]}
     return metrics

@@ -26,6 +26,9 @@ class PipelineOptions:
     labels: Optional[str] = opt(
         None, "label store whose exported pairs join the rm and dpo data (default: runs/<run>/labels.sqlite if it exists)")
     mix_labels: bool = opt(True, "mix the label store's pairs into the rm and dpo data when it has any")
+    final_eval_prompts: int = opt(64, "held-out prompts (the rm's test split) that the final model and the base "
+                                      "model both answer, judged by the run's rm; 0 skips the comparison")
+    final_eval_max_new_tokens: int = opt(48, "reply length cap in that comparison")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,11 +118,76 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None) 
     finally:  # the summary also when a gate stops the pipeline
         from align.report import print_summary, write_report
 
+        final = judge_final_against_base(cfg, run_dir, stages)
         total = time.time() - started
-        report = write_report(run_dir, stages, timings, skipped, total)
-        print_summary(run_dir, stages, timings, skipped, total)
+        report = write_report(run_dir, stages, timings, skipped, total, final)
+        print_summary(run_dir, stages, timings, skipped, total, final)
         _say(f"report: {report}")
     return run_dir
+
+
+def judge_final_against_base(cfg, run_dir: Path, stages: list[str]) -> dict | None:
+    """The pipeline's last promoted model against the base model it started from, both answering the same
+    held-out prompts, judged by the run's reward model (win rate and mean rewards with 95% intervals).
+
+    Cached in runs/<run>/final_vs_base.json, keyed by both models' and the rm's manifests, so a resumed
+    pipeline does not redo it. None when there is no promoted rm or final model, or it is switched off."""
+    import hashlib
+    import json
+
+    from align.runs import PROMOTABLE, read_manifest, sha256_file, write_json
+
+    options = cfg.pipeline
+    final = next((s for s in reversed(stages) if s != "rm"
+                  and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE), None)
+    if options.final_eval_prompts <= 0 or final is None \
+            or (read_manifest(run_dir / "rm") or {}).get("status") not in PROMOTABLE:
+        return None
+    key = hashlib.sha256(json.dumps([cfg.model.source, sha256_file(run_dir / final / "manifest.json"),
+                                     sha256_file(run_dir / "rm" / "manifest.json"), options.final_eval_prompts,
+                                     options.final_eval_max_new_tokens, cfg.seed]).encode()).hexdigest()
+    path = run_dir / "final_vs_base.json"
+    if path.is_file():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached
+    _say(f"judging the final model ({final}) against the base model ({cfg.model.source}) with {run_dir / 'rm'}")
+    result = {"key": key, "final": final, "base": cfg.model.source, **_final_vs_base(cfg, run_dir / final,
+                                                                                      run_dir / "rm")}
+    write_json(path, result)
+    return result
+
+
+def _final_vs_base(cfg, final_dir: Path, rm_dir: Path) -> dict:
+    from align import models
+    from align.compare import rm_judgement
+    from align.generate import generate_replies
+    from data.preferences import load_preferences, trim_prompt, unique_prompts
+
+    options = cfg.pipeline
+    device = models.choose_device(cfg.device)
+    dtype = models.choose_dtype(cfg.model.dtype, device)
+    tokenizer = models.load_tokenizer(str(final_dir), cfg.model)
+    pairs = load_preferences(cfg.rm.eval_data or cfg.rm.data, "test", on_bad="drop").rows
+    prompts = [trim_prompt(p, tokenizer, cfg.rm.max_prompt_length)
+               for p in unique_prompts(pairs)[:options.final_eval_prompts]]
+    sampling = dict(n=1, max_new_tokens=options.final_eval_max_new_tokens, temperature=0.7, top_p=0.9,
+                    do_sample=True, batch_size=16, seed=cfg.seed)
+    replies = {}
+    for who, source in (("final", str(final_dir)), ("base", cfg.model.source)):
+        model = models.load_causal_lm(source, cfg.model, device=device, dtype=dtype)
+        replies[who] = [r[0] for r in generate_replies(model, tokenizer, prompts, desc=f"{who} replies", **sampling)]
+        del model
+    judged = rm_judgement(prompts, replies["final"], replies["base"], str(rm_dir), batch_size=16,
+                          max_length=cfg.rm.max_length)
+    lengths = {who: round(sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rs) / len(rs), 2)
+               for who, rs in replies.items()}
+    return {"prompts": len(prompts), "win_rate": judged["win_rate_vs_parent"],
+            "win_rate_ci95": judged["win_rate_vs_parent_ci95"], "rm_reward_final": judged["rm_reward_child"],
+            "rm_reward_base": judged["rm_reward_parent"], "rm_reward_gain_ci95": judged["rm_reward_gain_ci95"],
+            "reply_tokens_final": lengths["final"], "reply_tokens_base": lengths["base"],
+            "samples": [{"prompt": p[-1]["content"], "final": f, "base": b}
+                        for p, f, b in list(zip(prompts, replies["final"], replies["base"]))[:3]]}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from align.runs import read_manifest
 # The figures worth a column in the summary, per stage (the manifest has them all).
 KEY_METRICS = {
     "sft": ("eval_perplexity_before", "eval_perplexity_after"),
-    "rm": ("eval_accuracy_before", "eval_accuracy", "eval_mean_margin"),
+    "rm": ("eval_accuracy", "eval_mean_margin", "eval_accuracy_chosen_shorter", "eval_length_spearman"),
     "dpo": ("eval_pref_acc_logp_mean_parent", "eval_pref_acc_logp_mean_child", "eval_pref_acc_implicit_child",
             "eval_win_rate_vs_parent", "eval_kl_per_sequence", "eval_reply_tokens_parent", "eval_reply_tokens_child"),
     "ppo": ("rm_reward_parent", "rm_reward_child", "win_rate_vs_parent", "kl_per_sequence", "reply_tokens_parent",
@@ -43,7 +43,20 @@ def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -
     return rows
 
 
-def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float) -> None:
+def final_line(final: dict | None) -> str | None:
+    """One sentence on the final model against the base, as the run's reward model judged them."""
+    if not final:
+        return None
+    low, high = final["win_rate_ci95"]
+    gain_low, gain_high = final["rm_reward_gain_ci95"]
+    return (f"final model ({final['final']}) vs base ({final['base']}) on {final['prompts']} held-out prompts, judged "
+            f"by the run's rm: win rate {final['win_rate']:.3f} (95% CI {low:.3f}–{high:.3f}); mean reward "
+            f"{final['rm_reward_base']:.3f} → {final['rm_reward_final']:.3f} (gain CI {gain_low:.3f}–{gain_high:.3f}); "
+            f"reply length {final['reply_tokens_base']} → {final['reply_tokens_final']} tokens")
+
+
+def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float,
+                  final: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -53,7 +66,10 @@ def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list
     for row in _rows(run_dir, stages, timings, skipped):
         table.add_row(row["stage"], row["status"], row["gate"], row["metrics"], str(row["wall_s"]),
                       "skipped" if row["skipped"] else str(row["this_run_s"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if final:
+        console.print(final_line(final))
 
 
 def _training_curves(run_dir: Path, stages: list[str]) -> str | None:
@@ -104,7 +120,8 @@ def _gate_figures(manifest: dict) -> str | None:
     return png_base64(fig)
 
 
-def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float) -> Path:
+def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float,
+                 final: dict | None = None) -> Path:
     rows = _rows(run_dir, stages, timings, skipped)
     table = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(str(r['status']))}</td>"
@@ -124,6 +141,7 @@ def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>align pipeline — {html.escape(run_dir.name)}</h1><p>Total wall time: {total:.0f}s</p>
+{f"<p><b>{html.escape(final_line(final))}</b></p>" if final else ""}
 <table><tr><th>stage</th><th>status</th><th>gate</th><th>key metrics</th><th>stage wall s</th><th>this run s</th></tr>
 {table}</table>{body}</body></html>"""
     path = run_dir / "report.html"

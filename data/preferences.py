@@ -42,6 +42,9 @@ class PreferenceTrainOptions(TrainOptions):
     eval_data: str | None = opt(None, "held-out preference data (default: the test split of `data`)")
     on_bad_rows: str = opt("drop", "rows that are ties, identical, empty or malformed: drop (reported with their "
                                    "row numbers) or refuse (stop at the first, naming it)")
+    max_prompt_length: int = opt(-1, "prompt token budget: the earliest turns of a longer prompt are left out (the "
+                                     "last user turn always stays), like DeepSpeed-Chat's max_prompt_seq_len; "
+                                     "-1 keeps every turn")
 
 
 def _as_messages(value, role: str):
@@ -173,14 +176,61 @@ def write_dropped(rows: Rows, folder) -> None:
         out.writelines(line + "\n" for line in rows.dropped)
 
 
-def load_stage_pairs(ctx) -> tuple[Rows, Rows]:
+def trim_prompt(prompt: list[dict], tokenizer, max_tokens: int) -> list[dict]:
+    """The prompt without its earliest turns, as few left out as it takes for the rendered prompt (chat template,
+    generation prompt included) to fit `max_tokens`. A leading system message stays; the conversation restarts at
+    a user turn; the last user turn always stays, even when it alone is longer."""
+    def length(messages):
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"])
+
+    if max_tokens < 0 or length(prompt) <= max_tokens:
+        return prompt
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    turns = prompt[len(system):]
+    starts = [i for i, m in enumerate(turns) if m["role"] == "user"]
+    for start in starts[1:]:
+        if length(system + turns[start:]) <= max_tokens:
+            return system + turns[start:]
+    return system + turns[starts[-1]:]
+
+
+def trim_prompts(rows: Rows, tokenizer, max_tokens: int) -> int:
+    """Trim every pair's prompt to `max_tokens` in place (see trim_prompt); returns how many were shortened."""
+    if max_tokens < 0:
+        return 0
+    trimmed = 0
+    for row in rows.rows:
+        shorter = trim_prompt(row["prompt"], tokenizer, max_tokens)
+        if len(shorter) != len(row["prompt"]):
+            row["prompt"], trimmed = shorter, trimmed + 1
+    return trimmed
+
+
+def load_stage_pairs(ctx, tokenizer=None) -> tuple[Rows, Rows]:
     """A preference stage's training and held-out pairs (its `data`, `eval_data`, row limits and bad-row policy),
-    recorded in the manifest, with any dropped rows listed in the stage's dropped_rows.txt."""
+    recorded in the manifest, with any dropped rows listed in the stage's dropped_rows.txt. With a tokenizer and
+    `max_prompt_length`, long prompts lose their earliest turns (the manifest's data entry counts them)."""
     options = ctx.options
     train_rows = load_preferences(options.data, "train", limit=options.max_rows, on_bad=options.on_bad_rows)
     eval_rows = load_preferences(options.eval_data or options.data, "test", limit=options.eval_rows,
                                  on_bad=options.on_bad_rows)
     for rows in (train_rows, eval_rows):
+        if tokenizer is not None:
+            rows.prompts_trimmed = trim_prompts(rows, tokenizer, options.max_prompt_length)
         ctx.record_data(rows)
         write_dropped(rows, ctx.output_dir)
     return train_rows, eval_rows
+
+
+def unique_prompts(pairs: list[dict]) -> list[list[dict]]:
+    """Each distinct prompt of the pairs once, in order (several pairs can share a prompt)."""
+    import json
+
+    seen, prompts = set(), []
+    for pair in pairs:
+        key = json.dumps(pair["prompt"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(pair["prompt"])
+    return prompts

@@ -43,12 +43,15 @@ class Rows:
     source: str  # the file, store or hub id read
     sha256: str
     dropped: list[str] = field(default_factory=list)  # "row N: reason" for rows left out by policy
+    prompts_trimmed: int = 0  # prompts that lost their earliest turns to a token budget
 
     def manifest_entry(self) -> dict:
         entry = {"spec": self.spec, "split": self.split, "rows": len(self.rows), "sha256": self.sha256,
                  "source": self.source}
         if self.dropped:
             entry["dropped"] = len(self.dropped)
+        if self.prompts_trimmed:
+            entry["prompts_trimmed"] = self.prompts_trimmed
         return entry
 
     def to_dataset(self):

@@ -37,11 +37,19 @@ def test_pipeline_runs_every_stage_with_gates_then_resumes(tmp_path, small_score
     assert "Training curves" in report and "<td>dpo</td>" in report
     out = capsys.readouterr().out
     assert "[3/3] dpo" in out and "align pipeline" in out
+    # The final model against the base model, judged by the run's rm, with intervals that hold the figures.
+    final = json.loads((run_dir / "final_vs_base.json").read_text())
+    assert final["final"] == "dpo" and final["prompts"] > 0
+    assert final["win_rate_ci95"][0] <= final["win_rate"] <= final["win_rate_ci95"][1]
+    gain = final["rm_reward_final"] - final["rm_reward_base"]
+    assert final["rm_reward_gain_ci95"][0] - 1e-3 <= gain <= final["rm_reward_gain_ci95"][1] + 1e-3
+    assert "vs base" in out and "win rate" in report
 
     # The same command again: every finished stage is skipped, nothing is retrained.
     assert run_cli(*command) == 0
     out = capsys.readouterr().out
     assert out.count("finished earlier with the same inputs — skipped") == 3
+    assert "judging the final model" not in out  # the comparison of unchanged models is reused
     for stage, manifest in manifests.items():
         assert _manifest(run_dir, stage)["finished_at"] == manifest["finished_at"]
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.errors import ConfigError, DataError
-from data.preferences import load_preferences, write_dropped
+from data.preferences import load_preferences, trim_prompt, write_dropped
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
@@ -136,3 +136,28 @@ def test_label_store_pairs_load_through_the_labels_spec(tmp_path):
         ("Blue.", "Green."), ("Blue.", "No."), ("Green.", "No.")]
     assert all(r["prompt"] == PROMPT for r in rows.rows)
     assert rows.source == str(path)
+
+
+def test_trim_prompt_leaves_out_the_earliest_turns_only_as_far_as_needed(tiny_model_dir):
+    from align.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    system = [{"role": "system", "content": "Be brief."}]
+    turns = []
+    for i in range(4):
+        turns += [{"role": "user", "content": f"question {i} " + "word " * 10}, *reply(f"answer {i} " + "word " * 10)]
+    prompt = system + turns + [{"role": "user", "content": "last question"}]
+
+    def length(messages):
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"])
+
+    assert trim_prompt(prompt, tokenizer, -1) == prompt
+    assert trim_prompt(prompt, tokenizer, length(prompt)) == prompt
+    # A budget that fits the system message and the last two exchanges (plus the final question) exactly.
+    budget = length(system + turns[4:] + prompt[-1:])
+    trimmed = trim_prompt(prompt, tokenizer, budget)
+    assert trimmed == system + turns[4:] + prompt[-1:]
+    assert length(trimmed) <= budget < length(system + turns[2:] + prompt[-1:])
+    # A budget below the last turn alone keeps the system message and the last user turn.
+    assert trim_prompt(prompt, tokenizer, 3) == system + prompt[-1:]
