@@ -57,7 +57,9 @@ def continuation_logprobs(model, sequences: Sequence[tuple[list[int], list[int]]
                           pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Sum of log-probabilities of each target given its context, and the target's token count.
 
-    `sequences` holds (context_ids, target_ids) pairs; the context must hold at least one token.
+    `sequences` holds (context_ids, target_ids) pairs; the context must hold at least one token. Each pair runs
+    as one right-padded sequence, batched by length; for many targets after one long context see
+    `shared_context_logprobs`.
     """
     import torch
 
@@ -83,12 +85,89 @@ def continuation_logprobs(model, sequences: Sequence[tuple[list[int], list[int]]
                 mask[j, :len(rows[j])] = 1
                 target[j, len(context):len(rows[j])] = True
             with torch.no_grad():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            picked = logprobs.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-            picked = picked * target[:, 1:].to(device)
-            for j, i in enumerate(chunk):
-                sums[i] = float(picked[j].sum())
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            # Only the positions that predict a target token need a softmax over the vocabulary.
+            predicts = target[:, 1:].to(device)
+            picked = _token_logprobs(logits[:, :-1][predicts], ids[:, 1:].to(device)[predicts])
+            row_of = predicts.nonzero()[:, 0]
+            totals = torch.zeros(len(rows), dtype=picked.dtype, device=device).index_add_(0, row_of, picked)
+            sums[chunk] = totals.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return sums, counts
+
+
+def _token_logprobs(logits, tokens):
+    """log p(token) under each row of logits (rows: positions, columns: the vocabulary), in float32."""
+    import torch
+
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def shared_context_logprobs(model, groups: Sequence[tuple[list[int], Sequence[list[int]]]], batch_size: int = 8,
+                            pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`continuation_logprobs` for groups of targets that follow one context, the context computed once.
+
+    `groups` holds (context_ids, [target_ids, ...]); the figures come back flat, group after group, target after
+    target. Up to `batch_size` contexts (sorted by length) run left-padded with their positions counted from
+    their first real token; the KV cache is then copied to one row per target, and the right-padded targets run
+    against it. The result equals scoring each context + target as one sequence (up to float rounding).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    offsets = np.cumsum([0] + [len(targets) for _, targets in groups])
+    sums = np.zeros(offsets[-1])
+    counts = np.array([len(t) for _, targets in groups for t in targets])
+    order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = [g for g in order[start:start + batch_size] if groups[g][1]]
+            if not chunk:
+                continue
+            contexts = [list(groups[g][0]) for g in chunk]
+            if not all(contexts):
+                raise ValueError("shared_context_logprobs: a context needs at least one token")
+            width = max(len(c) for c in contexts)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, context in enumerate(contexts):
+                ids[j, width - len(context):] = torch.tensor(context)
+                mask[j, width - len(context):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                            position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
+            first_logits = out.logits[:, -1]  # predicts each target's first token
+            # One row per target: which context row it follows, and the target right-padded.
+            owner = [j for j, g in enumerate(chunk) for _ in groups[g][1]]
+            targets = [list(t) for g in chunk for t in groups[g][1]]
+            slots = [int(offsets[g]) + k for g in chunk for k in range(len(groups[g][1]))]
+            owner_index = torch.tensor(owner, device=device)
+            cache = out.past_key_values
+            cache.batch_select_indices(owner_index)
+            target_width = max(max(len(t) for t in targets), 1)
+            target_ids = torch.full((len(targets), target_width), pad_id, dtype=torch.long)
+            target_mask = torch.zeros((len(targets), target_width), dtype=torch.long)
+            for r, tokens in enumerate(targets):
+                target_ids[r, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                target_mask[r, :len(tokens)] = 1
+            lengths = torch.tensor([len(contexts[j]) for j in owner])
+            target_positions = lengths.unsqueeze(1) + torch.arange(target_width)
+            with torch.no_grad():
+                logits = model(input_ids=target_ids.to(device),
+                               attention_mask=torch.cat([mask[owner], target_mask], dim=1).to(device),
+                               position_ids=target_positions.to(device), past_key_values=cache,
+                               use_cache=True).logits
+            # Row r's token k is predicted by the context's last position (k = 0) or by its own token k - 1.
+            predictors = torch.cat([first_logits[owner_index].unsqueeze(1), logits[:, :-1]], dim=1)
+            scored = target_mask.bool().to(device)
+            picked = _token_logprobs(predictors[scored], target_ids.to(device)[scored])
+            row_of = scored.nonzero()[:, 0]
+            totals = torch.zeros(len(targets), dtype=picked.dtype, device=device).index_add_(0, row_of, picked)
+            sums[slots] = totals.cpu().numpy()
     finally:
         model.train(was_training)
     return sums, counts
@@ -305,8 +384,11 @@ def _answer_sequences(tokenizer, item: BbqItem) -> list[tuple[list[int], list[in
 def bbq_predictions(model, tokenizer, items: Sequence[BbqItem], batch_size: int = 8,
                     length_normalise: bool = True) -> np.ndarray:
     """The index of the option each item's answer reads as: the highest (mean per token) log-likelihood."""
-    sequences = [seq for item in items for seq in _answer_sequences(tokenizer, item)]
-    sums, counts = continuation_logprobs(model, sequences, batch_size, tokenizer.pad_token_id or 0)
+    groups = []
+    for item in items:
+        sequences = _answer_sequences(tokenizer, item)
+        groups.append((sequences[0][0], [reply for _, reply in sequences]))
+    sums, counts = shared_context_logprobs(model, groups, batch_size, tokenizer.pad_token_id or 0)
     scores = sums / np.maximum(counts, 1) if length_normalise else sums
     return scores.reshape(len(items), 3).argmax(axis=1)
 
