@@ -94,3 +94,112 @@ def save_history(history: list[dict], logs_dir: Path) -> None:
     fig.tight_layout()
     fig.savefig(logs_dir / "loss.png", dpi=100)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- speed
+# TRL's defaults are made for GPUs; align's, for the CPU it mostly runs on (measured by `python -m align.bench`):
+# - gradient checkpointing off (TrainOptions.gradient_checkpointing; TRL turns it on): no second forward per step;
+# - batches of similar-length rows (`batching: grouped`): less padding to compute, same loss per row;
+# - or, for SFT, padding-free batches (`batching: padding_free`): rows concatenated, attention kept within each row.
+
+
+def sequence_lengths(dataset, max_length: int | None) -> list[int] | None:
+    """Tokens per row as the trainer's collator will pad them (SFT: input_ids; reward: the longer of chosen and
+    rejected; DPO: the prompt plus the longer reply, cut at max_length), or None for an unknown layout or a
+    dataset without a length (streamed)."""
+    columns = set(getattr(dataset, "column_names", None) or [])
+    if not hasattr(dataset, "__len__"):
+        return None
+    if "input_ids" in columns:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    elif {"chosen_ids", "rejected_ids"} <= columns:
+        prompts = dataset["prompt_ids"] if "prompt_ids" in columns else [[]] * len(dataset)
+        lengths = [len(p) + max(len(c), len(r))
+                   for p, c, r in zip(prompts, dataset["chosen_ids"], dataset["rejected_ids"])]
+    else:
+        return None
+    return [min(n, max_length) for n in lengths] if max_length else lengths
+
+
+class LengthGroupedSampler:
+    """Row order for a DataLoader: every run of `batch_size` rows has similar lengths, and batches come in random
+    order. Each epoch: shuffle the rows, sort each window of `window_batches` batches by length, cut it into
+    batches, shuffle the batches (a short last batch stays last). Seeded by (seed, epoch), so a resumed run sees
+    the same order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window_batches: int = 16):
+        self.lengths, self.batch_size, self.seed, self.window_batches = lengths, batch_size, seed, window_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        window = self.batch_size * self.window_batches
+        batches = []
+        for start in range(0, len(order), window):
+            rows = sorted(order[start:start + window], key=self.lengths.__getitem__)
+            batches += [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        short = [b for b in batches if len(b) < self.batch_size]
+        full = [b for b in batches if len(b) == self.batch_size]
+        return [full[i] for i in torch.randperm(len(full), generator=generator).tolist()] + short
+
+    def __iter__(self):
+        return iter([row for batch in self.batches() for row in batch])
+
+
+def group_by_length(trainer) -> bool:
+    """Make the trainer draw batches of similar-length rows (LengthGroupedSampler); False if its rows are of an
+    unknown layout."""
+    args = trainer.args
+    lengths = sequence_lengths(trainer.train_dataset, getattr(args, "max_length", None))
+    if lengths is None:
+        return False
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    sampler = LengthGroupedSampler(lengths, args.per_device_train_batch_size, seed)
+    trainer._get_train_sampler = lambda train_dataset=None: sampler  # what Trainer.get_train_dataloader uses
+    return True
+
+
+def use_padding_free_batches(trainer) -> bool:
+    """SFT: concatenate each batch's rows into one sequence with per-row position ids and no padding (TRL's
+    padding-free collator); transformers keeps attention within each row. The rows are those TRL prepared
+    (truncated to max_length), which TRL's own padding_free=True refuses without packing."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = trainer.data_collator
+    if not isinstance(collator, DataCollatorForLanguageModeling) or collator.padding_free:
+        return False
+    trainer.data_collator = DataCollatorForLanguageModeling(
+        pad_token_id=collator.pad_token_id, padding_free=True, pad_to_multiple_of=collator.pad_to_multiple_of)
+    trainer.padding_free = True
+    return True
+
+
+BATCHING = ("grouped", "random", "padding_free")
+
+
+def tune_for_speed(trainer, options):
+    """align's speed choices on top of the TRL trainer a stage built (see above); the ones applied are listed in
+    `trainer.align_speedups` (the benchmark reports them)."""
+    from align.errors import ConfigError
+
+    batching = getattr(options, "batching", "grouped")
+    if batching not in BATCHING:
+        raise ConfigError(f"batching={batching!r}: choose {', '.join(BATCHING)}")
+    applied = [] if trainer.args.gradient_checkpointing else ["no gradient checkpointing"]
+    if batching == "padding_free":
+        if not use_padding_free_batches(trainer):
+            raise ConfigError(f"batching=padding_free works for sft only ({type(trainer).__name__} pads its batches)")
+        applied.append("padding-free batches")
+    elif batching == "grouped" and not getattr(trainer, "padding_free", False) and group_by_length(trainer):
+        applied.append("length-grouped batches")
+    trainer.align_speedups = applied
+    return trainer
