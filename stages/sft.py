@@ -23,20 +23,14 @@ class Options(TrainOptions):
 
 
 def run(ctx) -> dict:
-    from trl import SFTConfig, SFTTrainer
-
     from align import models, training
     from align.evaluate import assistant_perplexity
     from data.registry import load_chat
 
-    options, model_options = ctx.options, ctx.cfg.model
+    options = ctx.options
 
     # 1. The parent model and its tokenizer.
-    tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
-    template = models.training_chat_template(tokenizer, model_options) if options.assistant_only_loss else None
-    if template:
-        tokenizer.chat_template = template  # renders identically, plus the markers TRL needs for the mask
-    model = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
+    model, tokenizer = load_model(ctx)
 
     # 2. Data: a training split and a held-out split, both validated row by row.
     train_rows = load_chat(options.data, "train", limit=options.max_rows)
@@ -49,15 +43,7 @@ def run(ctx) -> dict:
     ppl_before = assistant_perplexity(model, tokenizer, held_out, max_length=options.max_length)
 
     # 4. Train.
-    args = training.trainer_args(
-        SFTConfig, ctx, options,
-        max_length=options.max_length,
-        packing=options.packing,
-        assistant_only_loss=options.assistant_only_loss,
-        dataset_num_proc=None,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows.to_dataset(), processing_class=tokenizer,
-                         peft_config=models.lora_config(ctx.cfg.lora))
+    trainer = build_trainer(ctx, model, tokenizer, train_rows.to_dataset())
     metrics = training.train(trainer, ctx)
 
     # 5. Perplexity after, then save a model plain AutoModelForCausalLM loads.
@@ -65,3 +51,35 @@ def run(ctx) -> dict:
     ctx.model_format = models.save_model(trainer.model, tokenizer, ctx.output_dir, ctx.cfg.lora.save)
     return {"eval_perplexity_before": round(ppl_before, 3), "eval_perplexity_after": round(ppl_after, 3),
             "eval_rows": len(held_out), "train_rows": len(train_rows.rows), **metrics}
+
+
+def load_model(ctx):
+    """The parent causal LM and its tokenizer (with the training twin of its chat template for assistant-only loss)."""
+    from align import models
+
+    options, model_options = ctx.options, ctx.cfg.model
+    tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
+    template = models.training_chat_template(tokenizer, model_options) if options.assistant_only_loss else None
+    if template:
+        tokenizer.chat_template = template  # renders identically, plus the markers TRL needs for the mask
+    model = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
+    return model, tokenizer
+
+
+def build_trainer(ctx, model, tokenizer, dataset):
+    """The SFTTrainer this stage trains with (`python -m align.bench` times the same one against plain TRL)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from align import models, training
+
+    options = ctx.options
+    args = training.trainer_args(
+        SFTConfig, ctx, options,
+        max_length=options.max_length,
+        packing=options.packing,
+        assistant_only_loss=options.assistant_only_loss,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=models.lora_config(ctx.cfg.lora))
+    return training.tune_for_speed(trainer, options)
