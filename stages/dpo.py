@@ -38,7 +38,6 @@ class Options(PreferenceTrainOptions):
 
 def run(ctx) -> dict:
     import torch
-    from trl import DPOConfig, DPOTrainer
 
     from align import models, training
     from align.compare import compare_to_parent
@@ -61,17 +60,7 @@ def run(ctx) -> dict:
     prompts = unique_prompts(held_out)[:options.eval_prompts]
 
     # 3. Train.
-    args = training.trainer_args(
-        DPOConfig, ctx, options,
-        beta=options.beta,
-        loss_type=[t.strip() for t in options.loss_type.split(",") if t.strip()],
-        label_smoothing=options.label_smoothing,
-        max_length=options.max_length,
-        precompute_ref_log_probs=options.precompute_ref_log_probs,
-        dataset_num_proc=None,
-    )
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=train_rows.to_dataset(),
-                         processing_class=tokenizer, peft_config=lora)
+    trainer = build_trainer(ctx, policy, reference, tokenizer, train_rows.to_dataset())
     metrics = training.train(trainer, ctx)
 
     # 4. The child against its parent, then save a model plain AutoModelForCausalLM loads.
@@ -90,6 +79,29 @@ def run(ctx) -> dict:
             "reward_model": str(judge) if judge else None,
             "train_rows": len(train_rows.rows),
             "dropped_rows": len(train_rows.dropped) + len(eval_rows.dropped), **metrics}
+
+
+def build_trainer(ctx, policy, reference, tokenizer, dataset):
+    """The DPOTrainer this stage trains with (`python -m align.bench` times the same one against plain TRL).
+
+    `reference`: the frozen parent, or None with LoRA (the adapter switched off is the parent)."""
+    from trl import DPOConfig, DPOTrainer
+
+    from align import models, training
+
+    options = ctx.options
+    args = training.trainer_args(
+        DPOConfig, ctx, options,
+        beta=options.beta,
+        loss_type=[t.strip() for t in options.loss_type.split(",") if t.strip()],
+        label_smoothing=options.label_smoothing,
+        max_length=options.max_length,
+        precompute_ref_log_probs=options.precompute_ref_log_probs,
+        dataset_num_proc=None,
+    )
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=models.lora_config(ctx.cfg.lora))
+    return training.tune_for_speed(trainer, options)
 
 
 def unique_prompts(pairs: list[dict]) -> list[list[dict]]:

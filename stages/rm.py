@@ -28,8 +28,6 @@ class Options(PreferenceTrainOptions):
 
 
 def run(ctx) -> dict:
-    from trl import RewardConfig, RewardTrainer
-
     from align import models, training
     from align.reward import RewardModel, score_pairs
     from data.preferences import load_stage_pairs
@@ -49,14 +47,7 @@ def run(ctx) -> dict:
     before = pair_metrics(*score_pairs(held_out, (model, tokenizer), options.batch_size, options.max_length), held_out)
 
     # 4. Train.
-    args = training.trainer_args(
-        RewardConfig, ctx, options,
-        max_length=options.max_length,
-        center_rewards_coefficient=options.center_rewards_coefficient or None,
-        dataset_num_proc=None,
-    )
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train_rows.to_dataset(), processing_class=tokenizer,
-                            peft_config=models.lora_config(ctx.cfg.lora, task_type="SEQ_CLS"))
+    trainer = build_trainer(ctx, model, tokenizer, train_rows.to_dataset())
     used_rows = len(trainer.train_dataset)  # pairs longer than max_length are left out by TRL
     metrics = training.train(trainer, ctx)
 
@@ -70,6 +61,24 @@ def run(ctx) -> dict:
             "eval_accuracy_before": before["accuracy"], "eval_rows": len(held_out),
             "train_rows": len(train_rows.rows), "train_rows_within_max_length": used_rows,
             "dropped_rows": len(train_rows.dropped) + len(eval_rows.dropped), **metrics}
+
+
+def build_trainer(ctx, model, tokenizer, dataset):
+    """The RewardTrainer this stage trains with (`python -m align.bench` times the same one against plain TRL)."""
+    from trl import RewardConfig, RewardTrainer
+
+    from align import models, training
+
+    options = ctx.options
+    args = training.trainer_args(
+        RewardConfig, ctx, options,
+        max_length=options.max_length,
+        center_rewards_coefficient=options.center_rewards_coefficient or None,
+        dataset_num_proc=None,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            peft_config=models.lora_config(ctx.cfg.lora, task_type="SEQ_CLS"))
+    return training.tune_for_speed(trainer, options)
 
 
 def load_reward_head(source: str, model_options, ctx):
