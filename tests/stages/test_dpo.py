@@ -33,7 +33,7 @@ def marker_dpo(tmp_path_factory, tiny_sft):
     data = write_marker_pairs(root / "marker.jsonl")
     runs = root / "runs"
     code = run_cli("dpo", "--config", "tiny", "--from", tiny_sft, "--run", "marker", f"runs_dir={runs}",
-                   f"data={data}", "max_rows=48", "max_steps=6", "lr=1e-3", "reward_model=none")
+                   f"data={data}", "max_rows=48", "max_steps=12", "lr=1e-3", "reward_model=none")
     assert code == 0
     return runs / "marker" / "dpo", data
 
