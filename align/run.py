@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
     "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
     "chat": ("ui.chat_cli", "chat with a trained model (streaming, compare two, gate verdict); feedback feeds the label store"),
+    "bench": ("align.bench", "align's SFT/RM/DPO trainers vs plain TRL (tokens/s, memory, MFU), gate and label-store speed"),
 }
 
 EPILOG = """examples:
