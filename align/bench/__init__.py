@@ -18,7 +18,6 @@ Then the gate (replies/s of align.generate.generate_replies, texts/s of the toxi
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -77,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _child(target: str, spec: dict, conn, log_path: str) -> None:
     """Run one measurement with stdout/stderr in its log file; send back its result or its traceback."""
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path, "w", encoding="utf-8") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
@@ -97,7 +96,8 @@ def _child(target: str, spec: dict, conn, log_path: str) -> None:
 
 
 def run_isolated(target: str, spec: dict, log_path: Path) -> dict:
-    """Run `target(spec)` (a "module.function" name) in a fresh process; its output goes to `log_path`."""
+    """Run `target(spec)` (a "module.function" name) in a process of its own (forked after the heavy imports),
+    so that memory peaks do not mix; its output goes to `log_path`."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux" else "spawn"
     context = multiprocessing.get_context(method)
     receive, send = context.Pipe(duplex=False)
@@ -106,9 +106,11 @@ def run_isolated(target: str, spec: dict, log_path: Path) -> dict:
     send.close()
     try:
         message = receive.recv()
-    except EOFError:
-        message = {"ok": False, "error": f"the process died (exit code {process.join() or process.exitcode})"}
+    except EOFError:  # it died without a word (killed, out of memory)
+        message = None
     process.join()
+    if message is None:
+        message = {"ok": False, "error": f"the process died (exit code {process.exitcode})"}
     if not message["ok"]:
         from align.errors import AlignError
 
