@@ -8,18 +8,25 @@ A stage module (stages/<name>.py) supplies only its own part:
     Options: dataclass               its recipe section
     run(ctx: StageContext) -> dict   trains, saves the model into ctx.output_dir, returns metrics
     GATED: bool (optional)           False for a stage whose artifact generates no text (rm): no gate runs
+    DISTRIBUTED: bool (optional)     False for a stage that cannot train in several processes yet (ppo)
+
+Launched with several processes (accelerate launch, torchrun), every process runs the stage's part and only the
+main one writes the run folder; the others wait for it and exit 0 (align/distributed.py).
 """
 
 from __future__ import annotations
 
 import platform
 import resource
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from align import config as config_mod
+from align import distributed
 from align.card import write_model_card
 from align.runs import (Parent, StageWork, find_resumable, new_run_name, package_versions, resolve_parent,
                         stage_fingerprint, write_json)
@@ -96,16 +103,27 @@ def gate_status(gate: dict | None, override_reason: str | None) -> str:
 def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None = None, resume: bool = False,
               override_gate: str | None = None) -> Path:
     """Run one stage end to end; returns its finished folder."""
-    from align.models import choose_device, choose_dtype
+    from align.models import choose_device, choose_dtype, resolve_source
     from stages import stage_module
 
     stage = stage_module(name)
+    device = choose_device(cfg.device)
+    distributed.check_supported(name, stage, lora=cfg.lora.enabled)
+    distributed.start(cpu=device == "cpu")
     runs_dir = Path(cfg.runs_dir)
     parent = resolve_parent(parent_spec, stage.PARENT_STAGES, runs_dir, cfg.model.source, override_gate)
-    run_dir = choose_run_dir(runs_dir, name, run, parent, resume, cfg.name)
+    run_dir = Path(distributed.from_main(str(choose_run_dir(runs_dir, name, run, parent, resume, cfg.name))))
     work = StageWork(run_dir, name)
-    work.begin(resume)
-    device = choose_device(cfg.device)
+    if distributed.is_main():
+        work.begin(resume)
+    if distributed.is_local_main():
+        resolve_source(parent.source)  # builds a cached model (embedded, tiny) once per machine, before the others
+    distributed.barrier()
+    scratch = None
+    if not distributed.is_main():  # its logs and plots go to a scratch folder; the model is saved by main only
+        scratch = Path(tempfile.mkdtemp(prefix=f"align-{name}-rank{distributed.rank()}-"))
+        work = StageWork(run_dir, name, output_root=scratch)
+        work.output_dir.mkdir()
     ctx = StageContext(name=name, cfg=cfg, parent=parent, work=work, device=device,
                        dtype=choose_dtype(cfg.model.dtype, device),
                        resume_checkpoint=work.last_checkpoint() if resume else None)
@@ -117,9 +135,16 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     try:
         metrics = stage.run(ctx)
     except BaseException:
-        work.abandon()  # keeps checkpoints for --resume, removes anything else half-written
+        if scratch is None:
+            work.abandon()  # keeps checkpoints for --resume, removes anything else half-written
         raise
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     wall = time.time() - started
+    if scratch is not None:
+        distributed.barrier()  # the main process gates, writes and promotes meanwhile
+        return work.final_dir
 
     gate = None
     if cfg.gate.enabled and getattr(stage, "GATED", True):  # GATED = False: the stage makes no generator
@@ -142,7 +167,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
         "fingerprint": stage_fingerprint(name, cfg, parent),
         "metrics": metrics,
         "timing": {"wall_s": round(wall, 1), "tokens_per_s": metrics.get("tokens_per_s"),
-                   "peak_rss_mb": _peak_rss_mb()},
+                   "peak_rss_mb": _peak_rss_mb(), "world_size": distributed.world_size()},
         "gate": gate,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -153,4 +178,5 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     final = work.promote()
     verdict = {"promoted": "promoted", "overridden": "promoted by override", "gate_failed": "NOT promoted (gate failed)"}
     print(f"[align] {name} finished in {wall:.0f}s: {final} — {verdict[status]}", flush=True)
+    distributed.barrier()  # releases the other processes
     return final

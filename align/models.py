@@ -286,14 +286,23 @@ def lora_config(options, task_type: str = "CAUSAL_LM"):
 
 
 def save_model(model, tokenizer, folder: Path, lora_save: str = "merged") -> str:
-    """Save a trained model so plain `AutoModel*.from_pretrained(folder)` loads it; returns its format."""
+    """Save a trained model so plain `AutoModel*.from_pretrained(folder)` loads it; returns its format.
+    In several processes every one must call it (weights split by FSDP / ZeRO-3 are gathered first); only the main
+    one writes (align/distributed.py)."""
+    from align.distributed import full_state_dict, is_main
+
     fmt = "full"
     if hasattr(model, "peft_config"):
-        if lora_save == "merged":
-            model = model.merge_and_unload()
-            fmt = "lora-merged"
-        else:
-            fmt = "lora-adapter"
-    model.save_pretrained(folder)
+        fmt = "lora-merged" if lora_save == "merged" else "lora-adapter"
+    state = full_state_dict(model)
+    if not is_main():
+        return fmt
+    if fmt == "lora-merged":
+        model = model.merge_and_unload()
+    if state is not None:
+        from accelerate.utils import extract_model_from_parallel
+
+        model = extract_model_from_parallel(model)
+    model.save_pretrained(folder, state_dict=state)
     tokenizer.save_pretrained(folder)
     return fmt

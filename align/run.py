@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from align.distributed import check_command
+
+        check_command(args.command, is_stage=hasattr(args, "stage"))
         return int(args.handler(args) or 0)
     except AlignError as exc:
         print(f"error: {exc}", file=sys.stderr)

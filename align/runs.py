@@ -75,6 +75,7 @@ class StageWork:
 
     run_dir: Path
     stage: str
+    output_root: Path | None = None  # another home for output/ (a non-main process's scratch folder)
 
     @property
     def work_dir(self) -> Path:
@@ -82,7 +83,7 @@ class StageWork:
 
     @property
     def output_dir(self) -> Path:
-        return self.work_dir / "output"
+        return (self.output_root or self.work_dir) / "output"
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -23,6 +23,8 @@ from typing import Optional
 from align.config import TrainOptions, opt
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
+# One process only for now: every process would sample the same prompts and write the same checkpoints.
+DISTRIBUTED = False
 
 
 @dataclass
