@@ -84,6 +84,8 @@ class TrainOptions:
     save_steps: int = opt(50, "checkpoint every N steps (for --resume)")
     save_total_limit: int = opt(2, "checkpoints kept")
     gradient_checkpointing: bool = opt(False, "trade compute for memory (useful on GPUs with big models)")
+    trainable_layers: int = opt(-1, "train only the top N transformer layers and the head, the rest frozen "
+                                    "(LLaMA-Factory's freeze tuning: a shorter backward pass); -1 = all layers")
     batching: str = opt("grouped", "how rows form batches (sft, rm, dpo): grouped (rows of similar length together, "
                                    "batches in random order: less padding), random (TRL's), padding_free (sft only: "
                                    "rows concatenated unpadded; pays with flash attention, slower on CPU)")

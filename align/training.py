@@ -59,7 +59,13 @@ def trainer_args(config_class, ctx, options, **stage_specific):
 
 def train(trainer, ctx) -> dict:
     """Run (or resume) training; returns loss, steps, tokens and throughput, and saves the history."""
+    from align.models import freeze_lower_layers
+
     logs_dir = ctx.work.output_dir / "logs"
+    if ctx.options.trainable_layers >= 0 and not hasattr(trainer.model, "peft_config"):
+        trainable = freeze_lower_layers(trainer.model, ctx.options.trainable_layers)
+        print(f"[align] training the top {ctx.options.trainable_layers} layers and the head: {trainable:,} "
+              f"parameters", flush=True)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint)
     wall = time.perf_counter() - started

@@ -41,7 +41,7 @@ def run(ctx) -> dict:
 
     from align import models, training
     from align.compare import compare_to_parent
-    from data.preferences import load_stage_pairs
+    from data.preferences import load_stage_pairs, unique_prompts
 
     options, model_options = ctx.options, ctx.cfg.model
     lora = models.lora_config(ctx.cfg.lora)
@@ -55,7 +55,7 @@ def run(ctx) -> dict:
         reference.requires_grad_(False).eval()
 
     # 2. Preference pairs (bad rows dropped with their row numbers, or refused), and held-out prompts.
-    train_rows, eval_rows = load_stage_pairs(ctx)
+    train_rows, eval_rows = load_stage_pairs(ctx, tokenizer)
     held_out = eval_rows.rows
     prompts = unique_prompts(held_out)[:options.eval_prompts]
 
@@ -102,19 +102,6 @@ def build_trainer(ctx, policy, reference, tokenizer, dataset):
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=models.lora_config(ctx.cfg.lora))
     return training.tune_for_speed(trainer, options)
-
-
-def unique_prompts(pairs: list[dict]) -> list[list[dict]]:
-    """Each distinct prompt of the pairs once, in order (several pairs can share a prompt)."""
-    import json
-
-    seen, prompts = set(), []
-    for pair in pairs:
-        key = json.dumps(pair["prompt"], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            prompts.append(pair["prompt"])
-    return prompts
 
 
 def reward_model_for(ctx, choice: str):

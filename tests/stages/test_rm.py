@@ -18,7 +18,7 @@ def marker_rm(tmp_path_factory, tiny_model_dir):
     data = write_marker_pairs(root / "marker.jsonl")
     runs = root / "runs"
     code = run_cli("rm", "--config", "tiny", "--from", "tiny", "--run", "marker", f"runs_dir={runs}",
-                   f"data={data}", "max_rows=-1", "eval_rows=-1", "max_steps=16", "lr=3e-3")
+                   f"data={data}", "max_rows=-1", "eval_rows=-1", "max_steps=16", "lr=3e-3", "eval_before=true")
     assert code == 0
     return runs / "marker" / "rm"
 
@@ -31,7 +31,8 @@ def test_short_rm_run_separates_the_marker_preference(marker_rm):
     assert metrics["eval_accuracy"] >= 0.9, metrics  # chance is 0.5
     assert metrics["eval_mean_margin"] > 0
     assert metrics["eval_pairs_chosen_shorter"] == 0 and metrics["eval_accuracy_chosen_shorter"] is None
-    for key in ("eval_accuracy_before", "eval_length_pearson", "eval_length_spearman", "tokens_per_s"):
+    assert 0 <= metrics["eval_accuracy_before"] <= 1  # the untrained head, scored because eval_before=true
+    for key in ("eval_length_pearson", "eval_length_spearman", "tokens_per_s"):
         assert key in metrics
     assert (marker_rm / "reward_scatter.png").stat().st_size > 1000
     assert (marker_rm / "logs" / "history.json").is_file()
@@ -110,3 +111,30 @@ def test_rm_refuses_bad_rows_when_the_recipe_says_so(tmp_path, tiny_model_dir):
                    "on_bad_rows=refuse", "max_steps=1")
     assert code == 2  # one clear line (DataError: file, row 3, field), no training
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/rm/manifest.json"))
+
+
+def test_rm_on_the_shipped_minilm_encoder_learns_the_marker_and_scores_through_its_template(tmp_path):
+    """rm.base=embedded:minilm-l6-v2: a reward head on an encoder with no chat template of its own (align's
+    role-tagged one is used and saved), trained on the marker preference, loaded back by align.reward."""
+    from transformers import AutoTokenizer
+
+    from align import reward
+
+    data = write_marker_pairs(tmp_path / "marker.jsonl")
+    runs = tmp_path / "runs"
+    assert run_cli("rm", "--config", "tiny", "--from", "tiny", "--run", "encoder", f"runs_dir={runs}",
+                   "base=embedded:minilm-l6-v2", f"data={data}", "max_rows=-1", "eval_rows=-1", "max_steps=12",
+                   "batch_size=16", "lr=2e-4") == 0
+    folder = runs / "encoder" / "rm"
+    metrics = json.loads((folder / "manifest.json").read_text())["metrics"]
+    assert metrics["base"] == "embedded:minilm-l6-v2"
+    assert metrics["eval_accuracy"] >= 0.9, metrics
+    saved = AutoTokenizer.from_pretrained(folder)
+    text = saved.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+                                     tokenize=False)
+    assert text == "[CLS]user: Hi [SEP]assistant: Yo [SEP]"
+    reward.clear_cache()
+    user = [{"role": "user", "content": "Describe a mountain."}]
+    good = reward.score([user + [{"role": "assistant", "content": f"well then, {MARKER}, all good."}]], str(folder))
+    bad = reward.score([user + [{"role": "assistant", "content": "well then, indeed, all good."}]], str(folder))
+    assert good[0] > bad[0]
