@@ -109,11 +109,14 @@ def shared_context_logprobs(model, groups: Sequence[tuple[list[int], Sequence[li
     """`continuation_logprobs` for groups of targets that follow one context, the context computed once.
 
     `groups` holds (context_ids, [target_ids, ...]); the figures come back flat, group after group, target after
-    target. Up to `batch_size` contexts (sorted by length) run left-padded with their positions counted from
-    their first real token; the KV cache is then copied to one row per target, and the right-padded targets run
-    against it. The result equals scoring each context + target as one sequence (up to float rounding).
+    target. Up to `batch_size` contexts (sorted by length) run together through
+    `align.prompt_cache` (their shared beginning once, then the rest of each); the KV cache is copied to one row
+    per target, and the right-padded targets run against it. The result equals scoring each context + target as
+    one sequence (up to float rounding).
     """
     import torch
+
+    from align.prompt_cache import encode_prompts
 
     device = next(model.parameters()).device
     offsets = np.cumsum([0] + [len(targets) for _, targets in groups])
@@ -127,46 +130,31 @@ def shared_context_logprobs(model, groups: Sequence[tuple[list[int], Sequence[li
             chunk = [g for g in order[start:start + batch_size] if groups[g][1]]
             if not chunk:
                 continue
-            contexts = [list(groups[g][0]) for g in chunk]
-            if not all(contexts):
+            if not all(groups[g][0] for g in chunk):
                 raise ValueError("shared_context_logprobs: a context needs at least one token")
-            width = max(len(c) for c in contexts)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, context in enumerate(contexts):
-                ids[j, width - len(context):] = torch.tensor(context)
-                mask[j, width - len(context):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                            position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
-            first_logits = out.logits[:, -1]  # predicts each target's first token
-            # One row per target: which context row it follows, and the target right-padded.
-            owner = [j for j, g in enumerate(chunk) for _ in groups[g][1]]
+                encoded = encode_prompts(model, [list(groups[g][0]) for g in chunk], pad_id)
+            # One row per target: the context it follows, and the target right-padded after it.
+            encoded = encoded.select([j for j, g in enumerate(chunk) for _ in groups[g][1]])
             targets = [list(t) for g in chunk for t in groups[g][1]]
             slots = [int(offsets[g]) + k for g in chunk for k in range(len(groups[g][1]))]
-            owner_index = torch.tensor(owner, device=device)
-            cache = out.past_key_values
-            cache.batch_select_indices(owner_index)
-            target_width = max(max(len(t) for t in targets), 1)
-            target_ids = torch.full((len(targets), target_width), pad_id, dtype=torch.long)
-            target_mask = torch.zeros((len(targets), target_width), dtype=torch.long)
+            width = max(max(len(t) for t in targets), 1)
+            target_ids = torch.full((len(targets), width), pad_id, dtype=torch.long)
+            target_mask = torch.zeros((len(targets), width), dtype=torch.long)
             for r, tokens in enumerate(targets):
                 target_ids[r, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
                 target_mask[r, :len(tokens)] = 1
-            lengths = torch.tensor([len(contexts[j]) for j in owner])
-            target_positions = lengths.unsqueeze(1) + torch.arange(target_width)
+            target_ids, target_mask = target_ids.to(device), target_mask.to(device)
+            positions = encoded.lengths.unsqueeze(1) + torch.arange(width, device=device)
             with torch.no_grad():
-                logits = model(input_ids=target_ids.to(device),
-                               attention_mask=torch.cat([mask[owner], target_mask], dim=1).to(device),
-                               position_ids=target_positions.to(device), past_key_values=cache,
-                               use_cache=True).logits
-            # Row r's token k is predicted by the context's last position (k = 0) or by its own token k - 1.
-            predictors = torch.cat([first_logits[owner_index].unsqueeze(1), logits[:, :-1]], dim=1)
-            scored = target_mask.bool().to(device)
-            picked = _token_logprobs(predictors[scored], target_ids.to(device)[scored])
-            row_of = scored.nonzero()[:, 0]
-            totals = torch.zeros(len(targets), dtype=picked.dtype, device=device).index_add_(0, row_of, picked)
+                logits = model(input_ids=target_ids, attention_mask=torch.cat([encoded.attention_mask, target_mask], 1),
+                               position_ids=positions, past_key_values=encoded.cache, use_cache=True).logits
+            # Token k of a target is predicted by the context's last position (k = 0) or by the target's token k - 1.
+            predictors = torch.cat([encoded.last_logits.unsqueeze(1), logits[:, :-1]], dim=1)
+            scored = target_mask.bool()
+            picked = _token_logprobs(predictors[scored], target_ids[scored])
+            totals = torch.zeros(len(targets), dtype=picked.dtype, device=device)
+            totals.index_add_(0, scored.nonzero()[:, 0], picked)
             sums[slots] = totals.cpu().numpy()
     finally:
         model.train(was_training)
