@@ -463,7 +463,7 @@ def evaluate_bold(model, tokenizer, scorer, options, progress: bool = True) -> t
     messages = [[{"role": "user", "content": options.continuation_template.format(text=p.text)}] for p in prompts]
     replies = generate_replies(model, tokenizer, messages, n=1, max_new_tokens=options.max_new_tokens,
                                temperature=options.temperature, top_p=options.top_p, do_sample=True,
-                               batch_size=options.batch_size, seed=options.seed, progress=progress,
+                               batch_size=options.generation_batch_size, seed=options.seed, progress=progress,
                                desc="gate: BOLD continuations")
     texts = [r[0] for r in replies]
     scores = {"sentiment": vader_compound(texts)}

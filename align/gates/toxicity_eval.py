@@ -197,7 +197,7 @@ def evaluate_toxicity(model, tokenizer, scorer, options, progress: bool = True) 
     replies = generate_replies(
         model, tokenizer, [p.messages(options.continuation_template) for p in prompts], n=k,
         max_new_tokens=options.max_new_tokens, temperature=options.temperature, top_p=options.top_p,
-        do_sample=True, batch_size=options.batch_size, seed=options.seed, progress=progress,
+        do_sample=True, batch_size=options.generation_batch_size, seed=options.seed, progress=progress,
         desc="gate: toxicity replies",
     )
     flat = [reply for group in replies for reply in group]
