@@ -17,14 +17,12 @@ DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
 
 
-def _resample_indices(n: int, strata: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+def _resample_indices(n: int, strata: list[np.ndarray] | None, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of one resample; `strata`: the rows of each stratum, in the order of np.unique."""
     if strata is None:
         return rng.integers(0, n, size=n)
-    parts = []
-    for value in np.unique(strata):
-        members = np.flatnonzero(strata == value)
-        parts.append(rng.choice(members, size=len(members), replace=True))
-    return np.concatenate(parts)
+    # members[integers(0, k, k)] draws what rng.choice(members, k, replace=True) draws, without its overhead.
+    return np.concatenate([members[rng.integers(0, len(members), size=len(members))] for members in strata])
 
 
 def bootstrap_ci(
@@ -37,7 +35,8 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of `statistic(*arrays)`; the arrays are resampled row-wise together.
 
-    Returns (nan, nan) when there are no units, and (value, value) when there is one unit or no resampling.
+    Returns (nan, nan) when there are no units, and (value, value) when there is one unit, one unit per stratum
+    or no resampling.
     Resamples whose statistic is nan (e.g. a ratio with an empty denominator) are left out.
     """
     columns = [np.asarray(a) for a in arrays]
@@ -54,10 +53,13 @@ def bootstrap_ci(
     groups = None if strata is None else np.asarray(strata)
     if groups is not None and len(groups) != n:
         raise ValueError("bootstrap_ci: strata must have one entry per row")
+    members = None if groups is None else [np.flatnonzero(groups == value) for value in np.unique(groups)]
+    if members is not None and all(len(m) == 1 for m in members):
+        return (point, point)  # one unit per stratum: every resample is the sample itself
     rng = np.random.default_rng(seed)
     values = np.empty(n_resamples)
     for i in range(n_resamples):
-        idx = _resample_indices(n, groups, rng)
+        idx = _resample_indices(n, members, rng)
         values[i] = statistic(*(c[idx] for c in columns))
     values = values[~np.isnan(values)]
     if values.size == 0:

@@ -59,3 +59,31 @@ def test_nan_resamples_are_left_out_and_edge_cases():
     assert value == 2.0 and ci[0] <= 2.0 <= ci[1]
     with pytest.raises(ValueError):
         bootstrap_ci(np.mean, [1.0, 2.0], [1.0])
+
+
+def test_stratified_resamples_draw_what_rng_choice_per_stratum_draws():
+    """The intervals equal the plain algorithm's: per resample, rng.choice within each stratum in sorted order."""
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=30)
+    strata = np.array(list("abcab") * 6)
+    strata[0] = "z"  # a stratum of one unit among larger ones
+
+    def reference(statistic, column, groups, n_resamples=200, seed=3):
+        generator = np.random.default_rng(seed)
+        resampled = []
+        for _ in range(n_resamples):
+            idx = np.concatenate([generator.choice(np.flatnonzero(groups == g), size=(groups == g).sum(), replace=True)
+                                  for g in np.unique(groups)])
+            resampled.append(statistic(column[idx]))
+        alpha = (1 - 0.95) / 2
+        return tuple(float(x) for x in np.percentile(resampled, [100 * alpha, 100 * (1 - alpha)]))
+
+    def spread(v):
+        return float(v.max() - v.mean())
+
+    assert bootstrap_ci(spread, values, strata=strata, n_resamples=200, seed=3) == reference(spread, values, strata)
+
+
+def test_one_unit_per_stratum_gives_a_zero_width_interval():
+    values = np.array([0.1, 0.5, 0.9])
+    assert bootstrap_ci(lambda v: float(v.max() - v.min()), values, strata=["a", "b", "c"]) == (0.8, 0.8)
