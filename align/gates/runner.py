@@ -99,7 +99,7 @@ def _measure(source, options, scorer, model_options, device, progress, started) 
             if name not in options.benchmarks:
                 continue
             _say(f"{name} on {source}")
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             if name == "toxicity":
                 m, f, examples = toxicity_eval.evaluate_toxicity(model, tokenizer, scorer, options, progress)
             elif name == "crows_pairs":
@@ -111,6 +111,8 @@ def _measure(source, options, scorer, model_options, device, progress, started) 
             metrics.update(m)
             figures[name] = f
             timing[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+            # CPU seconds of every thread: on a shared machine the wall time also counts other people's work.
+            timing[f"{name}_cpu_s"] = round(time.process_time() - cpu0, 1)
     finally:
         del model
         gc.collect()
