@@ -63,7 +63,7 @@ class NucleusSampler(LogitsProcessor):
 
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"NucleusSampler has {len(self.generators)} seeds for a batch of {scores.shape[0]} rows")
-        logits = scores.float().cpu()
+        logits = scores.float()  # on the model's device; only the candidates' probabilities move to the CPU
         if self.temperature != 1.0:
             logits = logits / self.temperature
         index = None  # vocabulary ids of the columns of `probs` (None: all, in order)
@@ -71,11 +71,12 @@ class NucleusSampler(LogitsProcessor):
             logits, index = logits.topk(self.top_k, dim=-1)
         probs = torch.softmax(logits, dim=-1)
         if self.top_p >= 1.0:
-            top, columns = probs, None  # draw from every column
+            top, columns = probs.cpu(), None  # draw from every column
         elif probs.shape[-1] > self.candidates:
-            top, columns = probs.topk(self.candidates, dim=-1)
+            top, columns = (t.cpu() for t in probs.topk(self.candidates, dim=-1))
         else:
-            top, columns = probs.sort(dim=-1, descending=True)
+            top, columns = (t.cpu() for t in probs.sort(dim=-1, descending=True))
+        index = None if index is None else index.cpu()
         chosen = torch.empty(len(self.generators), dtype=torch.long)
         for row, generator in enumerate(self.generators):
             weights = top[row]
@@ -85,9 +86,9 @@ class NucleusSampler(LogitsProcessor):
                     if weights.shape[0] == probs.shape[-1] or float(weights.sum()) >= self.top_p:
                         break
                     if wider and wider < probs.shape[-1]:
-                        weights, row_columns = probs[row].topk(wider)
+                        weights, row_columns = (t.cpu() for t in probs[row].topk(wider))
                     else:
-                        weights, row_columns = probs[row].sort(descending=True)
+                        weights, row_columns = (t.cpu() for t in probs[row].sort(descending=True))
                 keep = weights.cumsum(0) - weights < self.top_p  # the tokens ranked above hold less than top_p
                 keep[0] = True  # at least the most likely token
                 weights = weights[:int(keep.sum())]  # a prefix: the probability above a token only grows
