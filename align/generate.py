@@ -46,8 +46,8 @@ def generate_replies(
 
     Prompts go by length (less padding) in chunks of about batch_size replies (at least one prompt's n). Each
     prompt runs through the model once, the beginning the chunk's prompts share (the template's system turn) once
-    for all (align.prompt_cache), and its cache is copied for its n replies. Sampling (temperature, the model's
-    top_k if it sets one, top_p) goes through align.sampling: each reply draws from its own random numbers, seeded
+    for all (align.prompt_cache), and its cache is copied for its n replies. Sampling (temperature, top_k as
+    transformers applies it, top_p) goes through align.sampling: each reply draws from its own random numbers, seeded
     by (seed, prompt index, sample index), so a reply does not depend on batch_size or on the other prompts.
     """
     import torch
@@ -81,7 +81,7 @@ def generate_replies(
                 if own_sampler:  # each reply draws from its own generator, seeded by (seed, prompt, sample)
                     seeds = [sampling.reply_seed(seed, i, k) for i in chunk for k in range(n)]
                     kwargs["logits_processor"] = LogitsProcessorList([sampling.NucleusSampler(
-                        temperature, top_p, seeds, top_k=getattr(generation_config, "top_k", None))])
+                        temperature, top_p, seeds, top_k=sampling.effective_top_k(generation_config))])
                 with torch.no_grad():
                     encoded = encode_prompts(model, [rows[i] for i in chunk], pad_id, keep_last=True)
                     encoded = encoded.select([j for j in range(len(chunk)) for _ in range(n)])

@@ -1,12 +1,13 @@
-"""Temperature and nucleus (top-p) sampling for `generate`, fast on a CPU, with random numbers of each reply's own.
+"""Temperature, top-k and nucleus (top-p) sampling for `generate`, fast on a CPU, each reply with its own randomness.
 
-transformers samples with `TopPLogitsWarper`, which sorts the whole vocabulary of every row at every step, then
-draws with one `torch.multinomial` over the whole vocabulary; on a CPU with a 49k vocabulary (SmolLM2) the two
-take more than half as long as the 135M model's decoding step itself. `NucleusSampler` is a logits processor that
-finds the same nucleus among the most likely tokens (`torch.topk`, wider for a row whose top candidates hold less
-than top_p of the probability, the whole vocabulary sorted only when that is not enough either), draws each row's
-token with that row's own `torch.Generator`, and leaves only the drawn token's score finite, so that
-`generate(do_sample=False)` takes it.
+transformers samples with `TopKLogitsWarper` (top_k 50 when the model's generation config sets none) and
+`TopPLogitsWarper`, which sorts the whole vocabulary of every row at every step, then draws with one
+`torch.multinomial` over the whole vocabulary; on a CPU with a 49k vocabulary (SmolLM2) the two take more than
+half as long as the 135M model's decoding step itself. `NucleusSampler` is a logits processor that applies the
+same temperature and top_k, finds the same nucleus among the most likely tokens (`torch.topk`; wider for a row
+whose top candidates hold less than top_p of the probability, the whole vocabulary sorted only when that is not
+enough either), draws each row's token with that row's own `torch.Generator`, and leaves only the drawn token's
+score finite, so that `generate(do_sample=False)` takes it.
 
 The nucleus, as in transformers: the most likely tokens, in order, while the probability of the tokens before
 them is below top_p (so at least one token); the draw is proportional to their probabilities. Seeding each reply
@@ -31,9 +32,21 @@ def reply_seed(seed: int, prompt: int, sample: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+def effective_top_k(generation_config) -> int | None:
+    """The top_k that transformers' `generate` applies when sampling: the model's generation config's, else
+    transformers' own default (50; a config that leaves top_k unset still samples from the 50 best tokens)."""
+    top_k = getattr(generation_config, "top_k", None)
+    if top_k is None:
+        from transformers import GenerationConfig
+
+        defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+        top_k = defaults().get("top_k") if defaults else 50
+    return int(top_k) if top_k else None
+
+
 def supports(generation_config) -> bool:
     """Whether the model's generation config asks for nothing that NucleusSampler leaves out (min_p, typical_p,
-    epsilon or eta sampling); its top_k, when set, is applied before top_p, as transformers does."""
+    epsilon or eta sampling); top_k (`effective_top_k`) is applied before top_p, as transformers does."""
     g = generation_config
     return (getattr(g, "min_p", None) in (None, 0.0) and getattr(g, "typical_p", None) in (None, 1.0)
             and not getattr(g, "epsilon_cutoff", None) and not getattr(g, "eta_cutoff", None))

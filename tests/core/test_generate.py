@@ -34,6 +34,25 @@ def test_replies_do_not_depend_on_the_batching(tiny):
     assert sum(bool(r) for group in replies[0] for r in group) > len(PROMPTS)  # real text, not empty replies
 
 
+def test_replies_sample_from_the_tokens_transformers_would_sample_from(tiny):
+    """transformers' default top_k (50, the tiny model's config sets none) applies before top_p, as in generate."""
+    import torch
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    model, tokenizer = tiny
+    assert model.generation_config.top_k is None
+    prompt = PROMPTS[1]
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        logits = model(**ids).logits[:, -1].float()
+    allowed = TopPLogitsWarper(0.95)(None, TopKLogitsWarper(50)(None, logits))[0]
+    texts = {tokenizer.decode([t], skip_special_tokens=True).strip() for t in torch.isfinite(allowed).nonzero()[:, 0]}
+    drawn = generate_replies(model, tokenizer, [prompt], n=300, max_new_tokens=1, temperature=1.0, top_p=0.95,
+                             batch_size=300, progress=False)[0]
+    assert set(drawn) <= texts
+    assert len(set(drawn)) > 20  # a random model: many of the 50 appear (not a greedy or broken draw)
+
+
 def test_a_config_asking_for_other_sampling_goes_through_transformers(tiny):
     """min_p (not implemented by align.sampling) falls back to transformers' own sampling, seeded as before."""
     import copy

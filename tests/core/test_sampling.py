@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from align.sampling import NucleusSampler, reply_seed, supports
+from align.sampling import NucleusSampler, effective_top_k, reply_seed, supports
 
 
 def _transformers_probs(logits, temperature, top_p, top_k=None):
@@ -79,3 +79,6 @@ def test_supports_only_what_it_implements():
 
     assert supports(GenerationConfig()) and supports(GenerationConfig(top_k=20, temperature=0.7))
     assert not supports(GenerationConfig(min_p=0.1)) and not supports(GenerationConfig(typical_p=0.5))
+    # generate samples from transformers' default top_k when the model's config sets none; 0 means no cut.
+    assert effective_top_k(GenerationConfig()) == 50
+    assert effective_top_k(GenerationConfig(top_k=20)) == 20 and effective_top_k(GenerationConfig(top_k=0)) is None
