@@ -174,6 +174,12 @@ def kl_to_reference(policy, reference, tokenizer, prompts: Sequence[Messages], r
 # ------------------------------------------------------------------------------------------ RM judgement
 
 
+def mean_reply_tokens(tokenizer, replies: Sequence[str]) -> float:
+    """Mean length of replies in tokens (a win rate bought with longer or shorter replies shows here)."""
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
+    return round(sum(lengths) / max(len(lengths), 1), 2)
+
+
 def rm_judgement(prompts: Sequence[Messages], child_replies: Sequence[str], parent_replies: Sequence[str],
                  reward_model, batch_size: int = 8, max_length: int | None = 1024) -> dict:
     """Two models' replies to the same prompts, judged by a reward model: the child's win rate (a tie counts
@@ -234,8 +240,7 @@ def compare_to_parent(child, parent, tokenizer, pairs: Sequence[dict], prompts: 
     metrics.update(kl_to_reference(child, parent, tokenizer, prompts, child_replies, max_length, batch_size,
                                    reference_context=parent_context))
     for who, replies in (("child", child_replies), ("parent", parent_replies)):
-        lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
-        metrics[f"reply_tokens_{who}"] = round(sum(lengths) / max(len(lengths), 1), 2)
+        metrics[f"reply_tokens_{who}"] = mean_reply_tokens(tokenizer, replies)
     if reward_model is not None:
         metrics.update(rm_judgement(prompts, child_replies, parent_replies, reward_model, batch_size, max_length))
     metrics["samples"] = {"prompts": [p[-1]["content"] for p in prompts[:3]], "child": child_replies[:3],

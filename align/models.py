@@ -79,8 +79,7 @@ def _package_file(package: str, filename: str, requirement: str) -> Path:
 def embedded_folder(name: str) -> Path:
     """A model folder shipped inside a PyPI package (EMBEDDED_FOLDERS), used as it is."""
     package, folder, requirement = EMBEDDED_FOLDERS[name]
-    path = _package_file(package, f"{folder}/config.json", requirement).parent
-    return path
+    return _package_file(package, f"{folder}/config.json", requirement).parent
 
 
 def ensure_embedded(name: str) -> Path:

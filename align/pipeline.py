@@ -160,7 +160,7 @@ def judge_final_against_base(cfg, run_dir: Path, stages: list[str]) -> dict | No
 
 def _final_vs_base(cfg, final_dir: Path, rm_dir: Path) -> dict:
     from align import models
-    from align.compare import rm_judgement
+    from align.compare import mean_reply_tokens, rm_judgement
     from align.generate import generate_replies
     from data.preferences import load_preferences, trim_prompt, unique_prompts
 
@@ -180,8 +180,7 @@ def _final_vs_base(cfg, final_dir: Path, rm_dir: Path) -> dict:
         del model
     judged = rm_judgement(prompts, replies["final"], replies["base"], str(rm_dir), batch_size=16,
                           max_length=cfg.rm.max_length)
-    lengths = {who: round(sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rs) / len(rs), 2)
-               for who, rs in replies.items()}
+    lengths = {who: mean_reply_tokens(tokenizer, rs) for who, rs in replies.items()}
     return {"prompts": len(prompts), "win_rate": judged["win_rate_vs_parent"],
             "win_rate_ci95": judged["win_rate_vs_parent_ci95"], "rm_reward_final": judged["rm_reward_child"],
             "rm_reward_base": judged["rm_reward_parent"], "rm_reward_gain_ci95": judged["rm_reward_gain_ci95"],
