@@ -20,9 +20,13 @@ KEY_METRICS = {
 }
 
 
-def _metrics_line(stage: str, metrics: dict) -> str:
+def _metrics_line(stage: str, metrics: dict, separator: str = ", ") -> str:
     keys = KEY_METRICS.get(stage) or tuple(k for k, v in metrics.items() if isinstance(v, (int, float)))[:4]
-    return ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
+    return separator.join(f"{k.removeprefix('eval_')}={_short(metrics[k])}" for k in keys if k in metrics)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -> list[dict]:
@@ -35,6 +39,7 @@ def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -
             "status": manifest.get("status", "not run"),
             "gate": gate.get("verdict") if gate else "—",
             "metrics": _metrics_line(stage, manifest.get("metrics", {})),
+            "metrics_lines": _metrics_line(stage, manifest.get("metrics", {}), separator="\n"),
             "wall_s": manifest.get("timing", {}).get("wall_s"),
             "this_run_s": round(timings.get(stage, 0.0), 1),
             "skipped": stage in skipped,
@@ -62,11 +67,13 @@ def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list
 
     table = Table(title=f"align pipeline — {run_dir} ({total:.0f}s)")
     for column in ("stage", "status", "gate", "key metrics", "stage wall s", "this run s"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in _rows(run_dir, stages, timings, skipped):
-        table.add_row(row["stage"], row["status"], row["gate"], row["metrics"], str(row["wall_s"]),
+        table.add_row(row["stage"], row["status"], row["gate"], row["metrics_lines"], str(row["wall_s"]),
                       "skipped" if row["skipped"] else str(row["this_run_s"]))
     console = Console()
+    if not console.is_terminal:  # a log file or a pipe: rich would assume 80 columns and cut the metric names
+        console = Console(width=120)
     console.print(table)
     if final:
         console.print(final_line(final))

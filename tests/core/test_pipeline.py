@@ -37,6 +37,8 @@ def test_pipeline_runs_every_stage_with_gates_then_resumes(tmp_path, small_score
     assert "Training curves" in report and "<td>dpo</td>" in report
     out = capsys.readouterr().out
     assert "[3/3] dpo" in out and "align pipeline" in out
+    # The summary table shows each key metric whole, one per line, even when the output is not a terminal.
+    assert "perplexity_after=" in out and "pref_acc_implicit_child=" in out and "win_rate_vs_parent=" in out
     # The final model against the base model, judged by the run's rm, with intervals that hold the figures.
     final = json.loads((run_dir / "final_vs_base.json").read_text())
     assert final["final"] == "dpo" and final["prompts"] > 0
