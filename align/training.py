@@ -106,7 +106,8 @@ def save_history(history: list[dict], logs_dir: Path) -> None:
 # TRL's defaults are made for GPUs; align's, for the CPU it mostly runs on (measured by `python -m align.bench`):
 # - gradient checkpointing off (TrainOptions.gradient_checkpointing; TRL turns it on): no second forward per step;
 # - batches of similar-length rows (`batching: grouped`): less padding to compute, same loss per row;
-# - or, for SFT, padding-free batches (`batching: padding_free`): rows concatenated, attention kept within each row.
+# - or, for SFT, padding-free batches (`batching: padding_free`): rows concatenated, attention kept within each row;
+# - the LM head projects only the positions that have a label (see `project_labelled_positions_only`).
 
 
 def sequence_lengths(dataset, max_length: int | None) -> list[int] | None:
@@ -125,6 +126,37 @@ def sequence_lengths(dataset, max_length: int | None) -> list[int] | None:
     else:
         return None
     return [min(n, max_length) for n in lengths] if max_length else lengths
+
+
+def project_labelled_positions_only() -> bool:
+    """TRL's fused LM head (DPO, SFT, GRPO, RLOO) turns hidden states into next-token log-probs in vocabulary tiles.
+    With Triton on a GPU it projects only the positions whose label is not -100; elsewhere, on CPU, it projects every
+    position and zeroes the unlabelled ones afterwards: for DPO on HH prompts that is mostly prompt positions, each
+    a 49k-wide logit row computed (and recomputed in the backward) for nothing. The compact path is plain PyTorch
+    indexing and gives the same log-probs, so align takes it on CPU too. Returns whether TRL has the switch."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None:  # another TRL version: leave it as it is
+        return False
+    if not getattr(decide, "align_compact_on_cpu", False):
+        def compact(device, _decide=decide):
+            return device.type == "cpu" or _decide(device)
+
+        compact.align_compact_on_cpu, compact.align_original = True, decide
+        trl_utils._use_triton = compact
+    return True
+
+
+def uses_fused_lm_head(trainer) -> bool:
+    """Whether TRL gave the trainer's model its fused LM head (SFT and DPO do; the reward trainer has a score head)."""
+    model = trainer.model
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    forward = getattr(model.forward, "__func__", None)
+    return getattr(getattr(forward, "__code__", None), "co_name", None) == "_fused_forward"
 
 
 class LengthGroupedSampler:
@@ -207,5 +239,7 @@ def tune_for_speed(trainer, options):
         applied.append("padding-free batches")
     elif batching == "grouped" and not getattr(trainer, "padding_free", False) and group_by_length(trainer):
         applied.append("length-grouped batches")
+    if trainer.args.use_cpu and uses_fused_lm_head(trainer) and project_labelled_positions_only():
+        applied.append("LM head on labelled positions only")
     trainer.align_speedups = applied
     return trainer

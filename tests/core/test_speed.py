@@ -97,7 +97,8 @@ def test_stage_trainers_draw_length_grouped_batches(stage, tiny_model_dir, tmp_p
 
     cfg = bench_recipe({"stage": stage, "model": "tiny", "recipe": "tiny", "steps": 2, "work_dir": str(tmp_path)})
     trainer, _ = align_trainer(stage, cfg, training_rows(stage, cfg[stage], 2), tmp_path)
-    assert trainer.align_speedups == ["no gradient checkpointing", "length-grouped batches"]
+    fused_head = [] if stage == "rm" else ["LM head on labelled positions only"]  # the rm has a score head
+    assert trainer.align_speedups == ["no gradient checkpointing", "length-grouped batches", *fused_head]
     assert not trainer.args.gradient_checkpointing
 
     lengths = sequence_lengths(trainer.train_dataset, cfg[stage].max_length)
@@ -116,3 +117,39 @@ def test_padding_free_batching_is_refused_where_trl_pads(tiny_model_dir, tmp_pat
                         "overrides": ["rm.batching=padding_free"]})
     with pytest.raises(ConfigError, match="sft only"):
         align_trainer("rm", cfg, training_rows("rm", cfg.rm, 1), tmp_path)
+
+
+def test_lm_head_on_labelled_positions_only_keeps_loss_and_gradients(tiny_sft_trainer, monkeypatch):
+    """On CPU align makes TRL's fused LM head project only the positions with a label (the assistant's tokens here):
+    fewer rows reach the vocabulary projection, and the loss and gradients are those of projecting every row."""
+    import torch
+    from trl.trainer import utils as trl_utils
+
+    from align.training import project_labelled_positions_only
+
+    # TRL's own choice for this test (an earlier test's trainer may have switched it), restored afterwards
+    trl_choice = getattr(trl_utils._use_triton, "align_original", trl_utils._use_triton)
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_choice)
+    projected = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class CountingChunkedLogProb:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingChunkedLogProb)
+    trainer = tiny_sft_trainer
+    collate = trainer.data_collator
+    batch = collate([trainer.train_dataset[i] for i in range(4)])
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    every_loss, every_grad = _loss_and_grad(trainer, batch)
+    every_position = batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
+    assert projected[-1] == every_position
+
+    assert project_labelled_positions_only()
+    compact_loss, compact_grad = _loss_and_grad(trainer, batch)
+    assert projected[-1] == labelled < 0.6 * every_position  # the assistant's tokens only
+    assert compact_loss == pytest.approx(every_loss, rel=1e-5)
+    torch.testing.assert_close(compact_grad, every_grad, rtol=1e-4, atol=1e-6)
