@@ -55,11 +55,15 @@ def machine() -> dict:
     }
 
 
-def matmul_peak(dtype_name: str, size: int, seconds: float = 1.0, min_repeats: int = 3) -> float:
-    """Best FLOP/s of size×size matmuls in `dtype_name` (float32 or bfloat16), at torch's current thread count."""
+def matmul_peak(dtype_name: str, size: int, seconds: float = 1.0, min_repeats: int = 3) -> tuple[float, int]:
+    """(best FLOP/s, n) of n×n matmuls in `dtype_name` (float32 or bfloat16), n = `size`, at torch's current thread
+    count.
+    A dtype the CPU has no units for (bf16 without AVX512-BF16/AMX runs at well under 1 GFLOP/s) gets a smaller
+    size, so that one matmul takes about `seconds` / 3 instead of minutes."""
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    size = min(size, _affordable_size(dtype, seconds / 3))
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(dtype)
     b = torch.randn(size, size, generator=generator).to(dtype)
@@ -71,7 +75,19 @@ def matmul_peak(dtype_name: str, size: int, seconds: float = 1.0, min_repeats: i
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - tick)
         repeats += 1
-    return 2 * size**3 / best
+    return 2 * size**3 / best, size
+
+
+def _affordable_size(dtype, seconds: float, probe: int = 256) -> int:
+    """The n whose n×n matmul takes about `seconds`, extrapolated (n³) from one probe matmul."""
+    import torch
+
+    a = torch.ones(probe, probe, dtype=dtype)
+    torch.mm(a, a)
+    tick = time.perf_counter()
+    torch.mm(a, a)
+    elapsed = max(time.perf_counter() - tick, 1e-9)
+    return max(probe, int(probe * (seconds / elapsed) ** (1 / 3)))
 
 
 def parameter_count(model) -> int:
