@@ -20,9 +20,10 @@ KEY_METRICS = {
 }
 
 
-def _metrics_line(stage: str, metrics: dict, separator: str = ", ") -> str:
+def _key_metrics(stage: str, metrics: dict) -> list[str]:
+    """The stage's key metrics as name=value strings (the eval_ prefix left out), in KEY_METRICS order."""
     keys = KEY_METRICS.get(stage) or tuple(k for k, v in metrics.items() if isinstance(v, (int, float)))[:4]
-    return separator.join(f"{k.removeprefix('eval_')}={_short(metrics[k])}" for k in keys if k in metrics)
+    return [f"{k.removeprefix('eval_')}={_short(metrics[k])}" for k in keys if k in metrics]
 
 
 def _short(value) -> str:
@@ -38,8 +39,7 @@ def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -
             "stage": stage,
             "status": manifest.get("status", "not run"),
             "gate": gate.get("verdict") if gate else "—",
-            "metrics": _metrics_line(stage, manifest.get("metrics", {})),
-            "metrics_lines": _metrics_line(stage, manifest.get("metrics", {}), separator="\n"),
+            "metrics": _key_metrics(stage, manifest.get("metrics", {})),
             "wall_s": manifest.get("timing", {}).get("wall_s"),
             "this_run_s": round(timings.get(stage, 0.0), 1),
             "skipped": stage in skipped,
@@ -69,7 +69,7 @@ def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list
     for column in ("stage", "status", "gate", "key metrics", "stage wall s", "this run s"):
         table.add_column(column, overflow="fold")
     for row in _rows(run_dir, stages, timings, skipped):
-        table.add_row(row["stage"], row["status"], row["gate"], row["metrics_lines"], str(row["wall_s"]),
+        table.add_row(row["stage"], row["status"], row["gate"], "\n".join(row["metrics"]), str(row["wall_s"]),
                       "skipped" if row["skipped"] else str(row["this_run_s"]))
     console = Console()
     if not console.is_terminal:  # a log file or a pipe: rich would assume 80 columns and cut the metric names
@@ -132,7 +132,7 @@ def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[
     rows = _rows(run_dir, stages, timings, skipped)
     table = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(str(r['status']))}</td>"
-        f"<td>{html.escape(str(r['gate']))}</td><td>{html.escape(r['metrics'])}</td><td>{r['wall_s']}</td>"
+        f"<td>{html.escape(str(r['gate']))}</td><td>{html.escape(', '.join(r['metrics']))}</td><td>{r['wall_s']}</td>"
         f"<td>{'skipped' if r['skipped'] else r['this_run_s']}</td></tr>" for r in rows)
     images = []
     curves = _training_curves(run_dir, stages)
