@@ -6,8 +6,11 @@ transformers samples with `TopKLogitsWarper` (top_k 50 when the model's generati
 half as long as the 135M model's decoding step itself. `NucleusSampler` is a logits processor that applies the
 same temperature and top_k, finds the same nucleus among the most likely tokens (`torch.topk`; wider for a row
 whose top candidates hold less than top_p of the probability, the whole vocabulary sorted only when that is not
-enough either), draws each row's token with that row's own `torch.Generator`, and leaves only the drawn token's
-score finite, so that `generate(do_sample=False)` takes it.
+enough either), draws each row's token with that row's own `torch.Generator` by the Gumbel-max trick with one
+Gumbel variable per vocabulary id (`gumbel_argmax`), and leaves only the drawn token's score finite, so that
+`generate(do_sample=False)` takes it. Because token v's noise depends only on the seed and the step, two models
+sampled with the same seeds make the same choice whenever their distributions are close: the gate compares a child
+with its parent on common random numbers, so what differs between their replies is the models, not the dice.
 
 The nucleus, as in transformers: the most likely tokens, in order, while the probability of the tokens before
 them is below top_p (so at least one token); the draw is proportional to their probabilities. Seeding each reply
@@ -52,6 +55,21 @@ def supports(generation_config) -> bool:
             and not getattr(g, "epsilon_cutoff", None) and not getattr(g, "eta_cutoff", None))
 
 
+def gumbel_argmax(weights, token_ids, vocabulary: int, generator) -> int:
+    """The position drawn among `weights` (proportional to them), by the Gumbel-max trick with one Gumbel variable
+    per *vocabulary id*: every step consumes `vocabulary` uniforms of the row's generator, and token v gets the same
+    noise whatever the model. Two models that sample with the same seeds therefore pick the same token whenever
+    their distributions are close (common random numbers), which is what makes a paired comparison of a child with
+    its parent precise; each draw is still exactly proportional to `weights`."""
+    import torch
+
+    uniform = torch.rand(vocabulary, generator=generator, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    scores = torch.log(weights.double().clamp_min(1e-300)) + gumbel[token_ids]
+    scores[weights <= 0] = float("-inf")
+    return int(scores.argmax())
+
+
 class NucleusSampler(LogitsProcessor):
     """A `generate` logits processor that draws the next token itself (use with do_sample=False).
 
@@ -91,6 +109,7 @@ class NucleusSampler(LogitsProcessor):
             top, columns = (t.cpu() for t in probs.sort(dim=-1, descending=True))
         index = None if index is None else index.cpu()
         chosen = torch.empty(len(self.generators), dtype=torch.long)
+        vocabulary = scores.shape[-1]
         for row, generator in enumerate(self.generators):
             weights = top[row]
             row_columns = None if columns is None else columns[row]
@@ -105,9 +124,11 @@ class NucleusSampler(LogitsProcessor):
                 keep = weights.cumsum(0) - weights < self.top_p  # the tokens ranked above hold less than top_p
                 keep[0] = True  # at least the most likely token
                 weights = weights[:int(keep.sum())]  # a prefix: the probability above a token only grows
-            drawn = torch.multinomial(weights, 1, generator=generator)[0]
-            column = drawn if row_columns is None else row_columns[drawn]
-            chosen[row] = column if index is None else index[row, column]
+                row_columns = row_columns[:len(weights)]
+            ids = torch.arange(len(weights)) if row_columns is None else row_columns
+            if index is not None:
+                ids = index[row, ids]
+            chosen[row] = ids[gumbel_argmax(weights, ids, vocabulary, generator)]
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(chosen), device=scores.device), chosen.to(scores.device)] = 0.0
         return out

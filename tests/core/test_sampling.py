@@ -82,3 +82,26 @@ def test_supports_only_what_it_implements():
     # generate samples from transformers' default top_k when the model's config sets none; 0 means no cut.
     assert effective_top_k(GenerationConfig()) == 50
     assert effective_top_k(GenerationConfig(top_k=20)) == 20 and effective_top_k(GenerationConfig(top_k=0)) is None
+
+
+def test_same_seeds_couple_the_draws_of_two_close_models():
+    """Common random numbers: with the same seeds, two slightly different distributions draw the same token far
+    more often than independent draws would (the paired gate rests on this); each still follows its own
+    distribution."""
+    import torch
+
+    generator = torch.Generator().manual_seed(3)
+    parent = torch.randn(1, 2000, generator=generator) * 2.0
+    child = parent + 0.2 * torch.randn(1, 2000, generator=generator)  # a fine-tuned neighbour
+    rows = 3000
+    same_seeds = (_draws(parent, rows, temperature=1.0, top_p=0.9) == _draws(child, rows, temperature=1.0, top_p=0.9))
+    sampler = NucleusSampler(1.0, 0.9, seeds=[reply_seed(1, r, 0) for r in range(rows)])  # other seeds
+    independent = sampler(None, child.expand(rows, -1).clone()).argmax(dim=1).numpy()
+    other_seeds = _draws(parent, rows, temperature=1.0, top_p=0.9) == independent
+    p_parent = _transformers_probs(parent, 1.0, 0.9).numpy()
+    p_child = _transformers_probs(child, 1.0, 0.9).numpy()
+    assert abs(other_seeds.mean() - float((p_parent * p_child).sum())) < 0.03  # independent: sum of p·q
+    assert same_seeds.mean() > 0.8 > other_seeds.mean() + 0.3
+    frequencies = np.bincount(_draws(child, rows, temperature=1.0, top_p=0.9), minlength=2000) / rows
+    top = np.argsort(-p_child)[:3]
+    assert np.abs(frequencies[top] - p_child[top]).max() < 0.035
