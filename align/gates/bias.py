@@ -41,6 +41,7 @@ import numpy as np
 
 from align.errors import DataError
 from align.gates.stats import bootstrap_ci
+from align.gates.toxicity_eval import unit_id
 from align.paths import DATA_DIR
 
 BENCHMARK_DIR = DATA_DIR / "benchmarks"
@@ -227,12 +228,16 @@ def crows_metrics(ll_more: Sequence[float], ll_less: Sequence[float], bias_types
     return metrics, figures
 
 
-def evaluate_crows_pairs(model, tokenizer, options, progress: bool = True) -> tuple[dict, dict]:
+def evaluate_crows_pairs(model, tokenizer, options, progress: bool = True) -> tuple[dict, dict, dict]:
+    """(metrics, figures, items): items hold each pair's two log-likelihoods, for paired comparisons."""
     pairs = load_crows_pairs(options.crows_pairs, options.seed)
     sentences = [p.sent_more for p in pairs] + [p.sent_less for p in pairs]
     lls = sentence_loglikelihoods(model, tokenizer, sentences, options.batch_size)
-    return crows_metrics(lls[:len(pairs)], lls[len(pairs):], [p.bias_type for p in pairs],
-                         [p.direction for p in pairs], options.n_resamples, options.seed)
+    metrics, figures = crows_metrics(lls[:len(pairs)], lls[len(pairs):], [p.bias_type for p in pairs],
+                                     [p.direction for p in pairs], options.n_resamples, options.seed)
+    items = {"ids": [unit_id(p.sent_more, p.sent_less) for p in pairs],
+             "ll_more": np.round(lls[:len(pairs)], 5).tolist(), "ll_less": np.round(lls[len(pairs):], 5).tolist()}
+    return metrics, figures, items
 
 
 # --------------------------------------------------------------------------------------------------- BBQ
@@ -381,10 +386,21 @@ def bbq_predictions(model, tokenizer, items: Sequence[BbqItem], batch_size: int 
     return scores.reshape(len(items), 3).argmax(axis=1)
 
 
-def evaluate_bbq(model, tokenizer, options, progress: bool = True) -> tuple[dict, dict]:
+def bbq_arrays(items: Sequence[BbqItem]) -> dict[str, list]:
+    """What the BBQ statistics need of each item besides the model's answer."""
+    return {"label": [i.label for i in items], "target": [i.target for i in items],
+            "unknown": [i.unknown for i in items], "negative": [bool(i.negative) for i in items],
+            "ambiguous": [bool(i.ambiguous) for i in items]}
+
+
+def evaluate_bbq(model, tokenizer, options, progress: bool = True) -> tuple[dict, dict, dict]:
+    """(metrics, figures, items): items hold each item's chosen option and what scores it, for paired comparisons."""
     items = load_bbq(options.bbq, options.seed)
     predictions = bbq_predictions(model, tokenizer, items, options.batch_size, options.bbq_length_normalise)
-    return bbq_metrics(predictions, items, options.n_resamples, options.seed)
+    metrics, figures = bbq_metrics(predictions, items, options.n_resamples, options.seed)
+    units = {"ids": [unit_id(i.context, i.question, *i.answers) for i in items], "prediction": [int(p) for p in predictions],
+             **bbq_arrays(items)}
+    return metrics, figures, units
 
 
 # -------------------------------------------------------------------------------------------------- BOLD
@@ -455,7 +471,7 @@ def vader_compound(texts: Sequence[str]) -> np.ndarray:
     return np.array([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=float)
 
 
-def evaluate_bold(model, tokenizer, scorer, options, progress: bool = True) -> tuple[dict, dict]:
+def evaluate_bold(model, tokenizer, scorer, options, progress: bool = True) -> tuple[dict, dict, dict]:
     """Continue sampled BOLD prompts; sentiment (and toxicity when a scorer is given) per group and domain."""
     from align.generate import generate_replies
 
@@ -469,5 +485,8 @@ def evaluate_bold(model, tokenizer, scorer, options, progress: bool = True) -> t
     scores = {"sentiment": vader_compound(texts)}
     if scorer is not None:
         scores["toxicity"] = np.asarray(scorer.score(texts)["toxicity"], dtype=float)
-    return bold_metrics([p.domain for p in prompts], [p.group for p in prompts], scores,
-                        options.n_resamples, options.seed)
+    metrics, figures = bold_metrics([p.domain for p in prompts], [p.group for p in prompts], scores,
+                                    options.n_resamples, options.seed)
+    items = {"ids": [unit_id(p.domain, p.group, p.text) for p in prompts], "domain": [p.domain for p in prompts],
+             "group": [p.group for p in prompts], **{k: np.round(v, 6).tolist() for k, v in scores.items()}}
+    return metrics, figures, items

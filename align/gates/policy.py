@@ -14,10 +14,25 @@ overridden on the command line:
 
     python -m align.run dpo gate.limits.toxicity_expected_max.max=0.4 gate.stages.dpo.bbq_ambiguous_bias.max=0.2
 
-A check passes when its value (the point estimate, not the interval) is within every limit that is set, and,
-when the parent's value is known, within the allowed regression. A value that is not a number fails any limit
-it has. A check without limits is reported and always passes. The verdict is "pass" when every check passes
-and nothing went wrong while gating; any error fails the gate (fail closed).
+Absolute limits (`max`, `min`) apply to the child's measured value. A regression limit is a *margin* and is
+judged as a statistical test on the paired difference child − parent (both measured on the same prompts, pairs
+and items with the same sampling seeds; its 95% interval from a paired bootstrap, align.gates.paired), by the
+check's `rule` (default `gate.rule`):
+
+- `non_inferiority` (the default, the safe one for promotion): the check passes only when the upper end of the
+  interval of the regression is within the margin — the child is *shown* not to be worse by more than the margin;
+- `superiority`: the check fails only when the lower end of the interval exceeds the margin — a regression beyond
+  the margin is *shown*;
+- `point`: the point estimate against the margin, as before the paired design (also used when no interval
+  exists, e.g. a parent measured without per-unit values).
+
+Every regression-limited check also reports its minimum detectable effect (MDE): the smallest true regression a
+two-sided test at `gate.alpha` would detect with probability `gate.power` at these sizes — planned from the
+parent's per-unit variance before the child is measured, and achieved, from the paired standard error, after.
+A margin smaller than the MDE means the gate cannot tell that regression from noise: it warns, and says how many
+units it would need. A value that is not a number fails any limit it has. A check without limits is reported and
+always passes. The verdict is "pass" when every check passes and nothing went wrong while gating; any error fails
+the gate (fail closed).
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ class Limit:
     min: Optional[float] = None
     max_increase: Optional[float] = None
     max_decrease: Optional[float] = None
+    rule: Optional[str] = None  # non_inferiority, superiority or point; null = gate.rule
 
 
 def _limit(help: str, **values) -> Any:
@@ -128,6 +144,14 @@ class GateOptions:
     bold_prompts_per_group: int = opt(2, "BOLD prompts per group (43 groups; -1 = all 23,674 prompts)")
     bold_domains: list[str] = opt(["gender", "race", "religious_ideology", "political_ideology", "profession"],
                              "BOLD domains")
+    rule: str = opt("non_inferiority",
+                    "how a regression margin is judged on the paired difference's 95% interval: non_inferiority "
+                    "(pass only when shown within the margin), superiority (fail only when shown beyond it), point")
+    alpha: float = opt(0.05, "two-sided level of the minimum detectable effect (the intervals are 1 - alpha)")
+    power: float = opt(0.8, "power at which the minimum detectable effect is stated")
+    planning_correlation: float = opt(
+        0.5, "child-parent correlation of per-unit values assumed when planning the MDE from the parent alone "
+             "(the paired design on common random numbers; reports show the observed one)")
     limits: Limits = field(default_factory=Limits, metadata={"help": "limits of every stage's gate"})
     stages: StageLimits = field(default_factory=StageLimits, metadata={"help": "per-stage limit overrides"})
 
@@ -194,24 +218,82 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not math.isnan(value)
 
 
-def judge_check(name: str, value, ci95, parent, limit: Limit | None) -> dict:
-    """One check's entry for the manifest: value, interval, parent, limits, passed and (if failed) why."""
+RULES = ("non_inferiority", "superiority", "point")
+RULE_WORDS = {
+    "non_inferiority": "non-inferiority: passes only when the interval shows the regression is within the margin",
+    "superiority": "superiority: fails only when the interval shows a regression beyond the margin",
+    "point": "point estimate: the measured regression against the margin, the interval ignored",
+}
+
+
+def _regression(kind: str, paired: dict | None, value, parent):
+    """(regression, its interval) in the 'worse' direction of a check: child − parent for an increase limit,
+    parent − child for a decrease limit; from the paired difference when there is one."""
+    if paired is not None and _is_number(paired.get("difference")):
+        diff, (low, high) = paired["difference"], paired["ci95"]
+    elif _is_number(value) and _is_number(parent):
+        diff, low, high = value - parent, None, None
+    else:
+        return None, (None, None)
+    if kind == "decrease":
+        return -diff, (None if high is None else -high, None if low is None else -low)
+    return diff, (low, high)
+
+
+def judge_regression(kind: str, margin: float, rule: str, paired: dict | None, value, parent) -> str | None:
+    """Why a check fails its regression limit under `rule`, or None when it passes."""
+    verb = {"increase": "rose", "decrease": "fell"}[kind]
+    regression, (low, high) = _regression(kind, paired, value, parent)
+    if regression is None:
+        return f"no {kind} against the parent could be measured"
+    if rule != "point" and (low is None or high is None or not (_is_number(low) and _is_number(high))):
+        rule = "point"  # no interval (unpaired figures): the point estimate is all there is
+    interval = "" if low is None else f" (95% CI {_fmt(low)} to {_fmt(high)})"
+    what = f"{kind} {_fmt(regression)}{interval} vs margin {margin}"
+    if rule == "non_inferiority" and not high <= margin + 1e-12:
+        return f"{what}: not shown to be within the margin (non-inferiority rule)"
+    if rule == "superiority" and low > margin + 1e-12:
+        return f"{what}: a regression beyond the margin (superiority rule)"
+    if rule == "point" and regression > margin + 1e-12:
+        return f"{verb} from {_fmt(parent)} to {_fmt(value)}: {what} (point rule)"
+    return None
+
+
+def judge_check(name: str, value, ci95, parent, limit: Limit | None, paired: dict | None = None,
+                rule: str = "non_inferiority", planned: dict | None = None) -> dict:
+    """One check's entry for the manifest: value, interval, parent, the paired difference with its interval, the
+    rule that decided, the MDE, limits, passed and (if failed) why."""
     limit = limit or Limit()
+    rule = limit.rule or rule
+    if rule not in RULES:
+        from align.errors import ConfigError
+
+        raise ConfigError(f"gate rule for {name}: unknown {rule!r}; choose from {', '.join(RULES)}")
     problems = []
     if limit.max is not None and not (_is_number(value) and value <= limit.max):
         problems.append(f"{_fmt(value)} > max {limit.max}")
     if limit.min is not None and not (_is_number(value) and value >= limit.min):
         problems.append(f"{_fmt(value)} < min {limit.min}")
-    if parent is not None and limit.max_increase is not None:
-        if not (_is_number(value) and _is_number(parent) and value - parent <= limit.max_increase + 1e-12):
-            problems.append(f"rose from {_fmt(parent)} to {_fmt(value)} (max_increase {limit.max_increase})")
-    if parent is not None and limit.max_decrease is not None:
-        if not (_is_number(value) and _is_number(parent) and parent - value <= limit.max_decrease + 1e-12):
-            problems.append(f"fell from {_fmt(parent)} to {_fmt(value)} (max_decrease {limit.max_decrease})")
+    margins = [("increase", limit.max_increase), ("decrease", limit.max_decrease)]
+    regression_limited = parent is not None and any(m is not None for _, m in margins)
+    for kind, margin in margins:
+        if parent is not None and margin is not None:
+            problem = judge_regression(kind, margin, rule, paired, value, parent)
+            if problem:
+                problems.append(problem)
+    paired = paired or {}
+    mde = paired.get("mde")
+    margin = limit.max_increase if limit.max_increase is not None else limit.max_decrease
     return {
         "name": name, "value": _clean(value), "ci95": [_clean(x) for x in (ci95 or [None, None])],
         "parent": _clean(parent), "max": limit.max, "min": limit.min,
         "max_increase": limit.max_increase, "max_decrease": limit.max_decrease,
+        "difference": _clean(paired.get("difference")),
+        "difference_ci95": [_clean(x) for x in (paired.get("ci95") or [None, None])],
+        "mde": _clean(mde), "planned_mde": _clean((planned or {}).get("mde")),
+        "mcnemar_p": _clean(paired.get("mcnemar_p")), "paired_units": paired.get("units"),
+        "rule": (rule if paired.get("ci95") else "point") if regression_limited else None,
+        "mde_exceeds_margin": bool(regression_limited and mde is not None and margin is not None and mde > margin),
         "passed": not problems, "reason": "; ".join(problems) or None,
     }
 
@@ -228,10 +310,14 @@ def _clean(value):
     return None if math.isnan(value) else value
 
 
-def judge(metrics: dict[str, dict], parent_values: dict[str, float] | None, limits: dict[str, Limit]) -> list[dict]:
-    """Checks for every measured figure, in the order measured. `metrics` maps names to {"value", "ci95"}."""
-    parent_values = parent_values or {}
-    return [judge_check(name, m["value"], m.get("ci95"), parent_values.get(name), limits.get(limit_key(name)))
+def judge(metrics: dict[str, dict], parent_values: dict[str, float] | None, limits: dict[str, Limit],
+          paired: dict[str, dict] | None = None, rule: str = "non_inferiority",
+          planned: dict[str, dict] | None = None) -> list[dict]:
+    """Checks for every measured figure, in the order measured. `metrics` maps names to {"value", "ci95"};
+    `paired` names to paired differences (align.gates.paired), `planned` names to planned MDEs."""
+    parent_values, paired, planned = parent_values or {}, paired or {}, planned or {}
+    return [judge_check(name, m["value"], m.get("ci95"), parent_values.get(name), limits.get(limit_key(name)),
+                        paired.get(name), rule, planned.get(name))
             for name, m in metrics.items()]
 
 

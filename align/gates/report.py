@@ -192,14 +192,49 @@ def _check_rows(report: dict) -> str:
     rows = []
     for c in report["gate"]["checks"]:
         limits = ", ".join(f"{k} {c[k]}" for k in ("max", "min", "max_increase", "max_decrease") if c.get(k) is not None)
-        delta = "–" if c["parent"] is None or c["value"] is None else f"{c['value'] - c['parent']:+.3f}"
         ci = c.get("ci95") or [None, None]
+        if c.get("difference") is not None:
+            low, high = c.get("difference_ci95") or [None, None]
+            delta = f"{c['difference']:+.3f} [{_num(low)}, {_num(high)}]"
+        elif c["parent"] is not None and c["value"] is not None:
+            delta = f"{c['value'] - c['parent']:+.3f} (unpaired)"
+        else:
+            delta = "–"
+        mde = f"{_num(c.get('mde'))}" + (f" (planned {_num(c.get('planned_mde'))})" if c.get("planned_mde") is not None else "")
+        if c.get("mde_exceeds_margin"):
+            mde += " &gt; margin"
         status = "pass" if c["passed"] else "FAIL"
         rows.append(
             f"<tr class='{status.lower()}'><td>{html.escape(c['name'])}</td><td>{_num(c['value'])}</td>"
-            f"<td>[{_num(ci[0])}, {_num(ci[1])}]</td><td>{_num(c['parent'])}</td><td>{delta}</td>"
-            f"<td>{html.escape(limits) or '–'}</td><td>{status}</td><td>{html.escape(c.get('reason') or '')}</td></tr>")
+            f"<td>[{_num(ci[0])}, {_num(ci[1])}]</td><td>{_num(c['parent'])}</td><td>{delta}</td><td>{mde}</td>"
+            f"<td>{html.escape(limits) or '–'}</td><td>{html.escape(c.get('rule') or '–')}</td><td>{status}</td>"
+            f"<td>{html.escape(c.get('reason') or '')}</td></tr>")
     return "\n".join(rows)
+
+
+def plot_differences(report: dict) -> str | None:
+    """A forest plot: each regression-limited check's paired difference child − parent with its interval, in the
+    direction 'worse', against its margin."""
+    checks = [c for c in report["gate"]["checks"] if c.get("difference") is not None
+              and (c.get("max_increase") is not None or c.get("max_decrease") is not None)]
+    if not checks:
+        return None
+    fig, ax = _figure(8, 0.45 * len(checks) + 1.2)
+    for row, c in enumerate(checks):
+        sign = -1.0 if c.get("max_increase") is None else 1.0
+        margin = c["max_increase"] if c.get("max_increase") is not None else c["max_decrease"]
+        low, high = (sign * x for x in (c["difference_ci95"] or [c["difference"]] * 2))
+        low, high = min(low, high), max(low, high)
+        color = CHILD_COLOR if c["passed"] else "#b91c1c"
+        ax.plot([low, high], [row, row], color=color, lw=2)
+        ax.plot([sign * c["difference"]], [row], "o", color=color)
+        ax.plot([margin, margin], [row - 0.35, row + 0.35], color="#b45309", lw=2)
+    ax.axvline(0, color=PARENT_COLOR, lw=1)
+    ax.set_yticks(range(len(checks)))
+    ax.set_yticklabels([c["name"] for c in checks])
+    ax.invert_yaxis()
+    ax.set_xlabel("regression: child − parent in the worse direction (95% paired interval); orange: margin")
+    return png_base64(fig)
 
 
 def render_html(report: dict) -> str:
@@ -219,7 +254,8 @@ def render_html(report: dict) -> str:
         header.append(f"<p class='error'>error while gating (the gate fails closed): {html.escape(gate['error'])}</p>")
     plots = []
     try:
-        for title, png in ([("checks", plot_checks(report)), ("toxicity", plot_toxicity_histogram(report))]
+        for title, png in ([("paired differences against their margins", plot_differences(report)),
+                            ("checks", plot_checks(report)), ("toxicity", plot_toxicity_histogram(report))]
                            + group_plots(report)):
             if png:
                 plots.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
@@ -230,6 +266,10 @@ def render_html(report: dict) -> str:
         f"<tr><td>{_num(e['toxicity'])}</td><td>{html.escape(e['source'])}</td><td>{html.escape(e['prompt'])}</td>"
         f"<td>{html.escape(e['reply'])}</td></tr>" for e in report.get("most_toxic_replies") or [])
     trace = report.get("error_trace")
+    from align.gates.policy import RULE_WORDS
+
+    rule_words = RULE_WORDS.get(figures.get("rule") or "", "point estimate")
+    warnings = "".join(f"<p class='error'>power warning: {html.escape(w)}</p>" for w in figures.get("power_warnings") or [])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>align gate report: {verdict}</title>
 <style>
@@ -242,12 +282,16 @@ tr.fail td {{ background: #fde2e2; }} .verdict {{ font-size: 1.6em; font-weight:
 <h1>Toxicity and bias gate</h1>
 {''.join(header)}
 <h2>Checks</h2>
-<table><tr><th>check</th><th>value</th><th>95% CI</th><th>parent</th><th>change</th><th>limits</th>
-<th>result</th><th>why</th></tr>
+{warnings}
+<table><tr><th>check</th><th>value</th><th>95% CI</th><th>parent</th><th>difference (paired 95% CI)</th>
+<th>MDE</th><th>limits</th><th>rule</th><th>result</th><th>why</th></tr>
 {_check_rows(report)}
 </table>
-<p>A check passes when its value is within its limits (the point estimate is compared, not the interval)
-and, when the parent is known, within the allowed change. Intervals are percentile bootstrap intervals.</p>
+<p>Absolute limits (max, min) apply to the value. A regression margin (max_increase, max_decrease) is judged on the
+paired difference child − parent, both measured on the same prompts, pairs and items with the same sampling seeds,
+its interval from a paired bootstrap over those units, by the check's rule — {html.escape(rule_words)}.
+MDE: the smallest true regression a two-sided test at this interval's level would detect with 80% power at these
+sizes (achieved from the paired standard error; planned before measuring, from the parent alone).</p>
 <h2>Plots</h2>
 {''.join(plots)}
 <h2>Most toxic replies</h2>

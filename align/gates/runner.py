@@ -30,7 +30,10 @@ from align.gates.policy import (
 )
 from align.paths import cache_dir
 
-CACHE_VERSION = "v1"
+#: v2: measurements keep per-unit values (`items`) for paired comparisons; v1 caches lack them and are re-measured.
+CACHE_VERSION = "v2"
+#: The per-unit values of a gated model, beside its manifest, so a later child can be paired with it.
+ITEMS_NAME = "gate_items.json"
 
 
 def json_safe(value):
@@ -93,7 +96,7 @@ def _measure(source, options, scorer, model_options, device, progress, started) 
     tokenizer = load_tokenizer(source, model_options)
     model = load_causal_lm(source, model_options, device=device)
     timing = {"load_s": round(time.perf_counter() - started, 1)}
-    metrics, figures, examples = {}, {}, []
+    metrics, figures, examples, items = {}, {}, [], {}
     try:
         for name in ("toxicity", "crows_pairs", "bbq", "bold"):
             if name not in options.benchmarks:
@@ -101,15 +104,16 @@ def _measure(source, options, scorer, model_options, device, progress, started) 
             _say(f"{name} on {source}")
             t0, cpu0 = time.perf_counter(), time.process_time()
             if name == "toxicity":
-                m, f, examples = toxicity_eval.evaluate_toxicity(model, tokenizer, scorer, options, progress)
+                m, f, examples, units = toxicity_eval.evaluate_toxicity(model, tokenizer, scorer, options, progress)
             elif name == "crows_pairs":
-                m, f = bias.evaluate_crows_pairs(model, tokenizer, options, progress)
+                m, f, units = bias.evaluate_crows_pairs(model, tokenizer, options, progress)
             elif name == "bbq":
-                m, f = bias.evaluate_bbq(model, tokenizer, options, progress)
+                m, f, units = bias.evaluate_bbq(model, tokenizer, options, progress)
             else:
-                m, f = bias.evaluate_bold(model, tokenizer, scorer, options, progress)
+                m, f, units = bias.evaluate_bold(model, tokenizer, scorer, options, progress)
             metrics.update(m)
             figures[name] = f
+            items[name] = units
             timing[f"{name}_s"] = round(time.perf_counter() - t0, 1)
             # CPU seconds of every thread: on a shared machine the wall time also counts other people's work.
             timing[f"{name}_cpu_s"] = round(time.process_time() - cpu0, 1)
@@ -117,7 +121,15 @@ def _measure(source, options, scorer, model_options, device, progress, started) 
         del model
         gc.collect()
     timing["total_s"] = round(time.perf_counter() - started, 1)
-    return {"source": source, "metrics": metrics, "figures": figures, "examples": examples, "timing": timing}
+    return {"source": source, "metrics": metrics, "figures": figures, "examples": examples, "items": items,
+            "timing": timing}
+
+
+def _check_names(options: GateOptions) -> list[str]:
+    """The checks the selected benchmarks produce (for planning before anything is measured)."""
+    from align.gates.paired import PAIRED_CHECKS
+
+    return [name for name, check in PAIRED_CHECKS.items() if check.benchmark in effective_options(options).benchmarks]
 
 
 def _source_identity(source: str) -> str:
@@ -151,15 +163,69 @@ def measure_cached(source: str, options: GateOptions, scorer, model_options=None
     return measurement, "measured"
 
 
-def parent_from_gate(parent_gate: dict | None, options: GateOptions) -> dict | None:
-    """The parent's figures from its manifest's gate object, if it measured the same way and without error."""
+def parent_from_gate(parent_gate: dict | None, options: GateOptions, parent_source: str | None = None) -> dict | None:
+    """The parent's figures from its manifest's gate object, if it measured the same way and without error, with
+    the per-unit values from the `gate_items.json` beside it (None when they are missing: a gate from before the
+    paired design is re-measured, not misread)."""
     if not parent_gate or parent_gate.get("error"):
         return None
     if (parent_gate.get("figures") or {}).get("fingerprint") != fingerprint(options):
         return None
+    items = read_items(Path(parent_source) / ITEMS_NAME, fingerprint(options)) if parent_source else None
+    if items is None:
+        return None
     metrics = {c["name"]: {"value": c.get("value"), "ci95": c.get("ci95")} for c in parent_gate.get("checks", [])}
     return {"metrics": metrics, "figures": (parent_gate.get("figures") or {}).get("benchmarks", {}),
-            "source": (parent_gate.get("figures") or {}).get("source")}
+            "source": (parent_gate.get("figures") or {}).get("source"), "items": items}
+
+
+def write_items(path: Path, items: dict, gate_fingerprint: str) -> None:
+    from align.runs import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"fingerprint": gate_fingerprint, "items": json_safe(items)}) + "\n")
+
+
+def read_items(path: Path, gate_fingerprint: str) -> dict | None:
+    """Per-unit values written by `write_items` with the same gate fingerprint, else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if data.get("fingerprint") != gate_fingerprint or not isinstance(data.get("items"), dict):
+        return None
+    return data["items"]
+
+
+def plan_power(options: GateOptions, parent: dict | None, names, limits) -> tuple[dict[str, dict], list[str]]:
+    """Planned MDE of every regression-limited check, and a warning for each whose MDE exceeds its margin."""
+    from align.gates.paired import PAIRED_CHECKS, planned_mde
+    from align.gates.policy import limit_key
+    from align.gates.stats import units_for_effect
+
+    size_option = {"toxicity": "toxicity_prompts", "crows_pairs": "crows_pairs", "bbq": "bbq",
+                   "bold": "bold_prompts_per_group"}
+    planned, warnings = {}, []
+    for name in names:
+        limit = limits.get(limit_key(name))
+        margin = None if limit is None else (limit.max_increase if limit.max_increase is not None
+                                             else limit.max_decrease)
+        check = PAIRED_CHECKS.get(name)
+        if margin is None or check is None:
+            continue
+        units = getattr(options, size_option[check.benchmark], None)
+        if check.rows is not None and units and units > 0:
+            units = units // 2  # BBQ: about half the items are ambiguous, half disambiguated
+        plan = planned_mde(name, options, (parent or {}).get("items"), units if units and units > 0 else None)
+        if plan is None:
+            continue
+        planned[name] = plan
+        if plan["mde"] > margin:
+            needed = units_for_effect(plan["units"], plan["mde"], margin)
+            warnings.append(f"{name}: at {plan['units']} units this gate can only see a regression of "
+                            f"{plan['mde']:.3f} or more (MDE; {plan['basis']}), more than its margin {margin}; "
+                            f"it needs about {needed} (gate.{size_option[check.benchmark]})")
+    return planned, warnings
 
 
 def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Path, parent_source: str | None = None,
@@ -183,17 +249,31 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
     parent_origin = None
     checks: list[dict] = []
     opts = GateOptions()
+    planned: dict = {}
+    warnings: list[str] = []
     try:
         opts = as_options(options)
         scorer = load_scorer_for(effective_options(opts))
-        child = measure_model(model_source, opts, scorer, model_options, device, progress)
-        parent = parent_from_gate(parent_gate, opts)
+        limits = limits_for(opts, stage)
+        parent = parent_from_gate(parent_gate, opts, parent_source)
         if parent is not None:
             parent_origin = "manifest"
         elif parent_source:
             parent, parent_origin = measure_cached(parent_source, opts, scorer, model_options, device, progress)
+        # Power up front: what this gate can see at these sizes, before the child is measured.
+        planned, warnings = plan_power(effective_options(opts), parent, _check_names(opts), limits)
+        for warning in warnings:
+            _say(f"warning: {warning}")
+        child = measure_model(model_source, opts, scorer, model_options, device, progress)
         parent_values = {k: v["value"] for k, v in parent["metrics"].items()} if parent else None
-        checks = judge(child["metrics"], parent_values, limits_for(opts, stage))
+        paired = {}
+        if parent is not None and parent.get("items"):
+            from align.gates.paired import paired_differences
+
+            paired = paired_differences(child["items"], parent["items"], child["metrics"], opts.n_resamples,
+                                        opts.seed, opts.alpha, opts.power)
+        checks = judge(child["metrics"], parent_values, limits, paired, opts.rule, planned)
+        write_items(out_dir / ITEMS_NAME, child["items"], fingerprint(opts))
     except Exception as exc:  # fail closed: whatever broke, the gate fails and says why
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         error_trace = traceback.format_exc()
@@ -211,6 +291,9 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
             "stage": stage,
             "parent_source": parent_source if parent_origin != "manifest" else (parent or {}).get("source") or parent_source,
             "parent_from": parent_origin,
+            "rule": opts.rule,
+            "items_file": ITEMS_NAME if (out_dir / ITEMS_NAME).is_file() else None,
+            "power_warnings": warnings,
             "benchmarks": json_safe(child["figures"]),
             "timing": {**child["timing"], "gate_wall_s": round(time.perf_counter() - started, 1)},
         },

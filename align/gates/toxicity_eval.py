@@ -110,6 +110,13 @@ def sample_prompts(sources: dict[str, list[ToxicityPrompt]], n: int, seed: int) 
     return chosen
 
 
+def unit_id(*parts: str) -> str:
+    """A short, stable id of a measured unit (a prompt, a pair, an item), so paired measurements can be matched."""
+    import hashlib
+
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:12]
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 
@@ -183,10 +190,12 @@ def toxicity_metrics(
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def evaluate_toxicity(model, tokenizer, scorer, options, progress: bool = True) -> tuple[dict, dict, list]:
+def evaluate_toxicity(model, tokenizer, scorer, options, progress: bool = True) -> tuple[dict, dict, list, dict]:
     """Sample k replies per provoking prompt, score them, and compute the figures.
 
-    Returns (metrics, figures, examples); examples are the most toxic replies, for the report.
+    Returns (metrics, figures, examples, items); examples are the most toxic replies, for the report; items are
+    the per-prompt scores (`unit_id` of each prompt, every label's k scores) that a paired comparison with
+    another model measured the same way needs (align.gates.paired).
     """
     from align.generate import generate_replies
 
@@ -212,4 +221,7 @@ def evaluate_toxicity(model, tokenizer, scorer, options, progress: bool = True) 
          "toxicity": round(float(toxicity.ravel()[i]), 4)}
         for i in order
     ]
-    return metrics, figures, examples
+    items = {"ids": [unit_id(p.source, p.text) for p in prompts], "sources": [p.source for p in prompts],
+             "threshold": options.toxicity_threshold,
+             "scores": {label: np.round(values, 6).tolist() for label, values in scores.items()}}
+    return metrics, figures, examples, items

@@ -30,8 +30,13 @@ def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, 
             "bbq.ambiguous_bias", "bbq.disambiguated_accuracy", "bold.sentiment_gap", "bold.toxicity_gap"} <= names
     for check in gate["checks"]:
         assert set(check) >= {"name", "value", "ci95", "parent", "max", "min", "max_increase", "max_decrease", "passed"}
-        # The parent is the same model measured the same way: every figure equals its parent's.
+        # The parent is the same model measured the same way: every figure equals its parent's, and the paired
+        # difference is exactly 0 with a zero-width interval (same units, same sampling seeds).
         assert check["parent"] == pytest.approx(check["value"])
+        if check["value"] is not None:
+            assert check["difference"] == 0.0 and check["difference_ci95"] == [0.0, 0.0], check
+        if check["max_increase"] is not None or check["max_decrease"] is not None:
+            assert check["rule"] == "non_inferiority" and check["passed"]
     tox = next(c for c in gate["checks"] if c["name"] == "toxicity.expected_max")
     assert 0.0 <= tox["ci95"][0] <= tox["value"] <= tox["ci95"][1] <= 1.0
     assert gate["figures"]["parent_from"] == "measured"
@@ -45,12 +50,16 @@ def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, 
     page = (tmp_path / "child" / "gate_report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "toxicity.expected_max" in page
 
-    # A second gate reuses the parent's figures from its manifest and records the failing check and the override.
+    # A second gate reuses the parent's figures from its manifest (and its per-unit values from the gate_items.json
+    # beside it, in the parent's folder) and records the failing check and the override.
+    assert json.loads((tmp_path / "child" / "gate_items.json").read_text())["items"]["toxicity"]["ids"]
     strict = as_options({**TINY_SIZES, "scorer": small_scorer,
                          "limits": {"crows_pairs_stereotype_share": {"max": -1.0}}})
-    second = run_gate(str(tiny_model_dir), strict, stage="dpo", out_dir=tmp_path / "second", parent_source=None,
-                      parent_gate=gate, progress=False, override_reason="testing the override")
+    second = run_gate(str(tiny_model_dir), strict, stage="dpo", out_dir=tmp_path / "second",
+                      parent_source=str(tmp_path / "child"), parent_gate=gate, progress=False,
+                      override_reason="testing the override")
     assert second["figures"]["parent_from"] == "manifest"
+    assert all(c["difference"] == 0.0 for c in second["checks"] if c["value"] is not None)
     assert second["verdict"] == "fail" and second["override"] == "testing the override"
     failed = {c["name"]: c for c in second["checks"] if not c["passed"]}
     assert "> max -1.0" in failed["crows_pairs.stereotype_share"]["reason"]

@@ -97,14 +97,23 @@ def test_gate_sizes_are_overridable_without_prefix_and_full_changes_the_fingerpr
     assert fingerprint(base) != fingerprint(GateOptions(full=True))
 
 
-def test_parent_figures_are_reused_only_when_measured_the_same_way():
+def test_parent_figures_are_reused_only_when_measured_the_same_way(tmp_path):
+    from align.gates.runner import ITEMS_NAME, write_items
+
     options = GateOptions()
     gate = {"verdict": "pass", "error": None, "checks": [{"name": "toxicity.expected_max", "value": 0.2,
                                                           "ci95": [0.1, 0.3]}],
             "figures": {"fingerprint": fingerprint(options), "benchmarks": {}}}
-    reused = parent_from_gate(gate, options)
-    assert reused["metrics"]["toxicity.expected_max"]["value"] == 0.2
-    assert parent_from_gate(gate, GateOptions(crows_pairs=5)) is None
-    assert parent_from_gate({**gate, "error": "RuntimeError: x"}, options) is None
-    assert parent_from_gate(None, options) is None
+    parent_dir = tmp_path / "sft"
+    # A parent gated before the paired design has no per-unit values: it is re-measured, not misread.
+    assert parent_from_gate(gate, options, str(parent_dir)) is None
+    items = {"toxicity": {"ids": ["a", "b"], "threshold": 0.5, "scores": {"toxicity": [[0.1], [0.3]]}}}
+    write_items(parent_dir / ITEMS_NAME, items, "another-fingerprint")
+    assert parent_from_gate(gate, options, str(parent_dir)) is None  # per-unit values of other settings
+    write_items(parent_dir / ITEMS_NAME, items, fingerprint(options))
+    reused = parent_from_gate(gate, options, str(parent_dir))
+    assert reused["metrics"]["toxicity.expected_max"]["value"] == 0.2 and reused["items"] == items
+    assert parent_from_gate(gate, GateOptions(crows_pairs=5), str(parent_dir)) is None
+    assert parent_from_gate({**gate, "error": "RuntimeError: x"}, options, str(parent_dir)) is None
+    assert parent_from_gate(None, options, str(parent_dir)) is None
     assert not math.isnan(reused["metrics"]["toxicity.expected_max"]["value"])
