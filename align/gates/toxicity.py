@@ -2,21 +2,25 @@
 
 `load_scorer(spec)` gives a `ToxicityScorer` whose `score(texts)` returns one probability per text
 per label. The spec is:
-- "offline" (the default): align's own Detoxify-format checkpoint, fine-tuned from the shipped MiniLM
-  encoder on the labeled data in data/toxicity/ (see `align.gates.toxicity_train`); built on first
-  need (a few minutes on CPU) and cached under `cache_dir("toxicity")`;
+- "offline" (the default): align's own scorer, a Detoxify-format checkpoint fine-tuned from the shipped
+  MiniLM encoder on the labeled data in data/toxicity/ (optionally blended with a bag-of-words model
+  fitted on the same rows; see `align.gates.toxicity_train`); built on first need (a few minutes on
+  CPU) and cached under `cache_dir("toxicity")`;
 - "original", "unbiased", "multilingual" (or "original-small", "unbiased-small"): Detoxify's
   official checkpoints, which download from GitHub, so they need the internet (or torch hub's cache);
 - a path to a Detoxify .ckpt file, or to a folder holding `toxicity.ckpt` and its `hf/` config folder
-  (what `python -m align.run toxicity-model` builds).
+  (what `python -m align.run toxicity-model` builds). When `scorer.json` lies beside the checkpoint
+  (align's builds), the scorer normalises texts and blends in the bag of words as that file says.
 
-Also the `toxicity-model` command: builds (or with --force rebuilds) the offline checkpoint and
-prints its held-out AUROC per label.
+Also the `toxicity-model` command: builds (or with --force rebuilds) the offline scorer and prints its
+held-out AUROC per label; with --loso it runs the leave-one-source-out evaluation instead
+(`align.gates.toxicity_loso`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,10 @@ from align.gates.toxicity_train import (
     CHECKPOINT_NAME,
     CONFIG_FOLDER,
     LABELS,
+    SCORER_NAME,
+    blend,
     build_offline_checkpoint,
+    normalize_text,
     read_report,
 )
 
@@ -38,18 +45,28 @@ PROGRESS_MIN_TEXTS = 256
 
 
 class ToxicityScorer:
-    """A loaded Detoxify model. `labels` are its output keys (always including "toxicity")."""
+    """A loaded Detoxify model, optionally blended with a bag of words. `labels`: its output keys (with "toxicity").
 
-    def __init__(self, detoxify_model, spec: str, checkpoint: Path | None = None):
+    `bow`, `bow_weight`, `normalize`: see `align.gates.toxicity_train` (the blend is
+    `(1 - bow_weight) * Detoxify + bow_weight * bow` for each label the bag of words has; texts pass
+    through `normalize_text` first when `normalize`). Without them it is Detoxify's output as it is.
+    """
+
+    def __init__(self, detoxify_model, spec: str, checkpoint: Path | None = None, *, bow=None,
+                 bow_weight: float = 0.0, normalize: bool = False):
         self.detoxify = detoxify_model
         self.spec = spec
         self.checkpoint = checkpoint
+        self.bow = bow
+        self.bow_weight = float(bow_weight) if bow is not None else 0.0
+        self.normalize = normalize
         self.labels: list[str] = list(detoxify_model.class_names)
         if "toxicity" not in self.labels:
             raise ModelError(f"toxicity scorer '{spec}' has no 'toxicity' output (its labels: {self.labels})")
 
     def __repr__(self) -> str:
-        return f"ToxicityScorer(spec={self.spec!r}, labels={self.labels})"
+        blended = f", bow_weight={self.bow_weight}" if self.bow is not None else ""
+        return f"ToxicityScorer(spec={self.spec!r}, labels={self.labels}{blended})"
 
     def score(self, texts: list[str], batch_size: int = 32, progress: bool | None = None) -> dict[str, np.ndarray]:
         """Probabilities per label, each an array with one value per text (in the order given).
@@ -59,7 +76,7 @@ class ToxicityScorer:
         """
         from tqdm.auto import tqdm
 
-        texts = [str(t) for t in texts]
+        texts = [normalize_text(t) if self.normalize else str(t) for t in texts]
         out = {label: np.zeros(len(texts), dtype=np.float32) for label in self.labels}
         if not texts:
             return out
@@ -72,6 +89,8 @@ class ToxicityScorer:
             predicted = self.detoxify.predict([texts[i] for i in idx])
             for label in self.labels:
                 out[label][idx] = np.atleast_1d(np.asarray(predicted[label], dtype=np.float32))
+        if self.bow is not None:
+            out = blend(out, self.bow.score(texts), self.bow_weight)
         return out
 
 
@@ -93,6 +112,28 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
         )
     config_dir = path.parent / CONFIG_FOLDER
     return path.resolve(), (config_dir.resolve() if (config_dir / "config.json").is_file() else None)
+
+
+def read_blend(checkpoint: Path) -> dict:
+    """ToxicityScorer keyword arguments from the `scorer.json` beside `checkpoint` ({} when there is none)."""
+    from align.gates.toxicity_bow import BagOfWords
+
+    spec_file = checkpoint.parent / SCORER_NAME
+    if not spec_file.is_file():
+        return {}
+    try:
+        spec = json.loads(spec_file.read_text())
+        bow_file = checkpoint.parent / spec["bow"]
+        weight, normalize = float(spec["bow_weight"]), bool(spec["normalize_text"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"{spec_file}: unreadable blend spec ({type(error).__name__}: {error}); rebuild the "
+                         f"scorer with `python -m align.run toxicity-model --force`") from error
+    if weight == 0:
+        return {"normalize": normalize}
+    if not bow_file.is_file():
+        raise ModelError(f"{spec_file}: names the bag-of-words model {bow_file}, which is missing; rebuild the "
+                         f"scorer with `python -m align.run toxicity-model --force`")
+    return {"bow": BagOfWords.load(bow_file), "bow_weight": weight, "normalize": normalize}
 
 
 def load_scorer(spec: str = OFFLINE, device: str = "cpu") -> ToxicityScorer:
@@ -123,7 +164,7 @@ def load_scorer(spec: str = OFFLINE, device: str = "cpu") -> ToxicityScorer:
             f"needs 'config' (arch args, class names) and 'state_dict'; its arch 'model_type' must be a "
             f"local config folder when offline"
         ) from error
-    return ToxicityScorer(model, spec, checkpoint)
+    return ToxicityScorer(model, spec, checkpoint, **read_blend(checkpoint))
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -137,9 +178,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
     parser.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate")
+    parser.add_argument("--davidson-train-rows", type=int, default=None,
+                        help="Davidson tweets to train on, class-balanced (default 3000)")
+    parser.add_argument("--max-train-rows", type=int, default=None, help="cap on training rows per source")
+    parser.add_argument("--bow-weight", type=float, default=None,
+                        help="the bag of words' share of the blended score, 0..1 (default 0: the encoder alone)")
+    parser.add_argument("--no-normalize", action="store_true", help="train and score on the texts as they are")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is much faster on a CPU shared with other jobs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--loso", action="store_true",
+                        help="leave-one-source-out evaluation of the recipe against a bag-of-words baseline "
+                             "(trains one scorer per shipped source; builds nothing into the cache)")
+    parser.add_argument("--loso-test-rows", type=int, default=None,
+                        help="with --loso: test at most this many rows of each left-out source (default: whole "
+                             "files, Davidson a fixed 3000)")
+    parser.add_argument("--loso-json", type=Path, default=None,
+                        help="with --loso: where to write the JSON (default: align's cache, loso-<version>*.json)")
 
 
 def format_report(report: dict) -> str:
@@ -155,6 +210,11 @@ def format_report(report: dict) -> str:
             auroc = heldout["by_source"][source][label]["auroc"]
             per_source.append(f"{'-' if auroc is None else f'{auroc:.3f}':>10}")
         lines.append(f"{label:<18}{value:>8}{detail['positives']:>6}/{detail['rows']:<5}" + "".join(per_source))
+    parts = heldout.get("toxicity_auroc_of_parts") or {}
+    if parts:
+        lines.append("toxicity AUROC of the parts alone: " + "; ".join(
+            f"{part} " + ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in values.items())
+            for part, values in parts.items()))
     train = report["train"]
     lines.append(
         f"held-out rows {heldout['rows']}; trained on {train['rows']} for {train['steps']} steps "
@@ -164,14 +224,31 @@ def format_report(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Build (or reuse) the offline scorer, print its report and where it is."""
+    """Build (or reuse) the offline scorer, print its report and where it is; or with --loso, evaluate it."""
     given = {
         "epochs": args.epochs,
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
+        "davidson_train_rows": args.davidson_train_rows,
+        "max_train_rows": args.max_train_rows,
+        "bow_weight": args.bow_weight,
+        "normalize_text": False if args.no_normalize else None,
     }
     options = {name: value for name, value in given.items() if value is not None}
+    if args.loso:
+        from align.gates import toxicity_loso
+
+        test_rows = None
+        if args.loso_test_rows is not None:
+            test_rows = {s: min(args.loso_test_rows, toxicity_loso.LOSO_TEST_ROWS.get(s, args.loso_test_rows))
+                         for s in ("civil", "jigsaw", "davidson")}
+        result = toxicity_loso.run_loso(progress=not args.no_progress, threads=args.threads, test_rows=test_rows,
+                                        **options)
+        path = toxicity_loso.write_result(result, args.loso_json or toxicity_loso.default_output(options))
+        print(toxicity_loso.format_table(result))
+        print(f"json: {path}")
+        return 0
     folder = build_offline_checkpoint(
         args.out, force=args.force, progress=not args.no_progress, threads=args.threads, **options
     )

@@ -14,6 +14,7 @@ import torch
 from align.errors import DataError, ModelError
 from align.gates import toxicity_train as tt
 from align.gates.toxicity import ToxicityScorer, load_scorer
+from align.gates.toxicity_bow import BagOfWords
 
 TEXTS = [
     "Thank you, that was a lovely afternoon.",
@@ -43,7 +44,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 def small_build(tmp_path_factory, tiny_bert) -> Path:
     out = tmp_path_factory.mktemp("toxicity") / "small"
     return tt.build_offline_checkpoint(out, progress=False, base_model=str(tiny_bert), max_steps=4, batch_size=8,
-                                       max_train_rows=40, eval_rows=60, frozen_layers=0)
+                                       max_train_rows=40, eval_rows=60, frozen_layers=0, bow_weight=0.5)
 
 
 def test_build_writes_detoxify_checkpoint_and_report(small_build):
@@ -65,6 +66,9 @@ def test_build_writes_detoxify_checkpoint_and_report(small_build):
     toxicity = report["heldout"]["by_label"]["toxicity"]
     assert toxicity["rows"] == 176 and 0 < toxicity["positives"] < 176
     assert 0.0 <= report["heldout"]["auroc"]["toxicity"] <= 1.0
+    parts = report["heldout"]["toxicity_auroc_of_parts"]
+    assert set(parts) == {"encoder", "bow"} and set(parts["encoder"]) == {"all", "civil", "davidson", "jigsaw"}
+    assert report["scorer"]["bow_weight"] == 0.5 and (small_build / tt.BOW_NAME).is_file()
 
 
 def test_loads_through_detoxify_and_keeps_text_order(small_build):
@@ -77,13 +81,20 @@ def test_loads_through_detoxify_and_keeps_text_order(small_build):
     for values in scores.values():
         assert values.shape == (len(TEXTS),) and np.all((values >= 0) & (values <= 1))
 
-    # The same numbers as Detoxify's own predict, one text at a time (the scorer sorts by length).
+    # The blend of Detoxify's own predict (one normalised text at a time; the scorer sorts by length) and
+    # the bag of words, at the weight scorer.json names.
+    spec = json.loads((small_build / tt.SCORER_NAME).read_text())
+    assert spec["bow_weight"] == scorer.bow_weight == 0.5 and scorer.normalize
     direct = detoxify.Detoxify(checkpoint=str(small_build / tt.CHECKPOINT_NAME),
                                huggingface_config_path=str(small_build / "hf"))
+    bow = BagOfWords.load(small_build / tt.BOW_NAME)
+    assert "toxicity" in bow.labels and bow.labels == spec["bow_labels"]
     for i, text in enumerate(TEXTS):
-        single = direct.predict(text)
+        clean = tt.normalize_text(text)
+        single, bag = direct.predict(clean), bow.score([clean])
         for label in tt.LABELS:
-            assert scores[label][i] == pytest.approx(single[label], abs=1e-5)
+            expected = single[label] if label not in bag else 0.5 * single[label] + 0.5 * bag[label][0]
+            assert scores[label][i] == pytest.approx(expected, abs=1e-5)
 
     by_file = load_scorer(str(small_build / tt.CHECKPOINT_NAME)).score(TEXTS[:2])
     np.testing.assert_allclose(by_file["toxicity"], scores["toxicity"][:2], atol=1e-6)
@@ -124,11 +135,42 @@ def test_bad_checkpoints_are_model_errors(tmp_path, small_build):
         load_scorer(str(moved))
 
 
+def test_a_broken_blend_spec_is_a_model_error(tmp_path, small_build):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_build, copy)
+    (copy / tt.BOW_NAME).unlink()
+    with pytest.raises(ModelError, match="bow.joblib.*missing"):
+        load_scorer(str(copy))
+    spec = json.loads((copy / tt.SCORER_NAME).read_text())
+    (copy / tt.SCORER_NAME).write_text(json.dumps({**spec, "bow_weight": 0.0}))
+    alone = load_scorer(str(copy))  # weight 0 (the default build): the encoder alone, the bag of words unread
+    assert alone.bow is None and alone.normalize
+    np.testing.assert_allclose(alone.score(TEXTS)["toxicity"], [
+        alone.detoxify.predict(tt.normalize_text(t))["toxicity"] for t in TEXTS], atol=1e-5)
+    (copy / tt.SCORER_NAME).write_text(json.dumps(spec))
+    (copy / tt.BOW_NAME).write_bytes(b"junk")
+    with pytest.raises(ModelError, match="not a bag-of-words"):
+        load_scorer(str(copy))
+    (copy / tt.SCORER_NAME).write_text("{}")
+    with pytest.raises(ModelError, match="scorer.json: unreadable"):
+        load_scorer(str(copy))
+
+
+def test_normalize_text_gives_every_source_one_surface_form():
+    assert tt.normalize_text("RT @Bob:  so   goooood!!!!  http://t.co/x &amp; ok") == "RT @user: so goood!!! http & ok"
+    assert tt.normalize_text("\uff29diot\n\nreally") == "Idiot really"  # NFKC full-width letter, newlines
+    assert tt.normalize_text("www... is fine") == "www... is fine"  # three of a kind stay
+
+
 def test_bad_build_options_leave_nothing_behind(tmp_path):
     from align.errors import ConfigError
 
     with pytest.raises(ConfigError, match="epoch"):
         tt.build_offline_checkpoint(tmp_path / "x", progress=False, epoch=1)
+    with pytest.raises(ConfigError, match="bow_weight"):
+        tt.build_offline_checkpoint(tmp_path / "x", progress=False, bow_weight=1.5)
     with pytest.raises(ModelError, match="base encoder"):
         tt.build_offline_checkpoint(tmp_path / "x", progress=False, base_model=str(tmp_path / "no-such-model"))
     assert list(tmp_path.iterdir()) == []
