@@ -13,6 +13,9 @@ do not mix:
 - the ratio align ÷ TRL of tokens/s.
 Then the gate (replies/s of align.generate.generate_replies, texts/s of the toxicity scorer) and the label store
 (submit latency p50/p95). A table goes to the terminal, everything to a JSON file.
+
+`python -m align.bench gate-power` measures something else: whether the gate sees a planted toxicity regression
+and keeps quiet about children that did not regress (align/bench/gate_power.py).
 """
 
 from __future__ import annotations
@@ -285,7 +288,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`python -m align.bench`: like `python -m align.run bench`, errors as one line with exit code 2."""
+    """`python -m align.bench`: like `python -m align.run bench`, errors as one line with exit code 2.
+    `python -m align.bench gate-power ...`: the gate's detection and false-alarm rates (align/bench/gate_power.py)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gate-power"]:
+        from align.bench.gate_power import cli as gate_power
+
+        return gate_power(argv[1:])
     from align.run import main as run_main
 
-    return run_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+    return run_main(["bench", *argv])
