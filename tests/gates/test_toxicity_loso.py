@@ -10,6 +10,7 @@ import pytest
 
 from align.gates import toxicity_bow, toxicity_loso as tl
 from align.gates import toxicity_train as tt
+from tests.gates.test_toxicity import tiny_bert  # noqa: F401  (the 2-layer BERT fixture)
 
 
 def labeled(source: str, n: int, start: int) -> pd.DataFrame:
@@ -59,21 +60,6 @@ def test_the_shipped_folds_keep_their_sources_apart():
         assert len(fold.test) == tl.LOSO_TEST_ROWS.get(fold.left_out, (rows["source"] == fold.left_out).sum())
 
 
-@pytest.fixture
-def tiny_bert(tmp_path):
-    """A 2-layer, 32-wide BERT with the shipped MiniLM tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(tt.shipped_minilm_dir())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    BertModel(config).save_pretrained(tmp_path / "bert")
-    tokenizer.save_pretrained(tmp_path / "bert")
-    return str(tmp_path / "bert")
-
-
 def test_encoder_and_baseline_train_on_the_same_rows_and_every_source_is_reported(tiny_bert, monkeypatch, tmp_path):
     seen = {"encoder": [], "bow": []}
     real_train, real_fit = tt.train_classifier, toxicity_bow.BagOfWords.fit.__func__
@@ -89,7 +75,7 @@ def test_encoder_and_baseline_train_on_the_same_rows_and_every_source_is_reporte
     monkeypatch.setattr(tt, "train_classifier", spy_train)
     monkeypatch.setattr(toxicity_bow.BagOfWords, "fit", classmethod(spy_fit))
     result = tl.run_loso(progress=False, threads=1, test_rows={"civil": 40, "jigsaw": 40, "davidson": 40},
-                         base_model=tiny_bert, max_steps=2, batch_size=8, max_train_rows=30, frozen_layers=0)
+                         base_model=str(tiny_bert), max_steps=2, batch_size=8, max_train_rows=30, frozen_layers=0)
 
     assert seen["encoder"] == seen["bow"] and len(seen["encoder"]) == 3
     assert [f["left_out"] for f in result["folds"]] == ["civil", "davidson", "jigsaw"]
