@@ -23,10 +23,34 @@ def gate_summary(gate: dict | None) -> str:
         lines.append(f"Gate overridden: {gate['override']}")
     if gate.get("error"):
         lines.append(f"Gate error (fails closed): {gate['error']}")
-    lines += ["", "| check | value | parent | passed |", "|---|---|---|---|"]
-    for check in gate.get("checks", []):
-        lines.append(f"| {check.get('name')} | {check.get('value')} | {check.get('parent')} | {check.get('passed')} |")
+    lines += ["", "| check | value | parent | difference (paired 95% CI) | MDE | margin | rule | passed |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in gate.get("checks", []):
+        low, high = c.get("difference_ci95") or [None, None]
+        diff = "" if c.get("difference") is None else f"{_num(c['difference'], '+.4f')} [{_num(low)}, {_num(high)}]"
+        margin = next((f"{k} {c[k]}" for k in ("max_increase", "max_decrease") if c.get(k) is not None), "")
+        lines.append(f"| {c.get('name')} | {_num(c.get('value'))} | {_num(c.get('parent'))} | {diff} | "
+                     f"{_num(c.get('mde'))} | {margin} | {c.get('rule') or ''} | {c.get('passed')} |")
+    for warning in (gate.get("figures") or {}).get("power_warnings") or []:
+        lines.append(f"\nPower warning: {warning}")
     return "\n".join(lines) + "\n"
+
+
+def _num(value, spec: str = ".4g") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def evaluation_summary(folder: Path) -> str:
+    """The `eval` table of the model (its folder's eval/eval.json, written by `python -m align.run eval` or the
+    pipeline's closing step), as a model card section; empty when the model has not been evaluated."""
+    import json
+
+    path = Path(folder) / "eval" / "eval.json"
+    if not path.is_file():
+        return ""
+    from align.evaluation.report import markdown_table
+
+    return "## Evaluation\n" + markdown_table(json.loads(path.read_text(encoding="utf-8"))) + "\n"
 
 
 def write_model_card(folder: Path, manifest: dict) -> None:
@@ -44,7 +68,7 @@ Trained by [align](https://pypi.org/project/align/) — status: **{manifest['sta
 - Base model: `{manifest['model']['source']}`, saved as {manifest['model']['format']}
 - Git commit: `{manifest.get('git')}`
 
-## Data
+{evaluation_summary(folder)}## Data
 {data}
 
 ## Metrics

@@ -38,7 +38,7 @@ def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -
         rows.append({
             "stage": stage,
             "status": manifest.get("status", "not run"),
-            "gate": gate.get("verdict") if gate else "—",
+            "gate": gate_lines(gate),
             "metrics": _key_metrics(stage, manifest.get("metrics", {})),
             "wall_s": manifest.get("timing", {}).get("wall_s"),
             "this_run_s": round(timings.get(stage, 0.0), 1),
@@ -48,28 +48,54 @@ def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -
     return rows
 
 
+def gate_lines(gate: dict | None) -> list[str]:
+    """The verdict, then each regression-limited check's paired difference, its interval, margin and rule."""
+    if not gate:
+        return ["—"]
+    lines = [str(gate.get("verdict"))]
+    for c in gate.get("checks", []):
+        margin = c.get("max_increase") if c.get("max_increase") is not None else c.get("max_decrease")
+        if c.get("difference") is None or margin is None:
+            continue
+        low, high = c.get("difference_ci95") or [None, None]
+        interval = "" if low is None else f" [{low:+.3f}, {high:+.3f}]"
+        rule = {"non_inferiority": "NI", "superiority": "sup", "point": "pt"}.get(c.get("rule") or "", "")
+        lines.append(f"{'' if c.get('passed') else 'FAIL '}{c['name']} {c['difference']:+.3f}{interval} "
+                     f"margin {margin} {rule}".rstrip())
+    return lines
+
+
 def final_line(final: dict | None) -> str | None:
-    """One sentence on the final model against the base, as the run's reward model judged them."""
+    """One sentence on the final model against the base, as the run's reward model judged them: the training RM's
+    view (the signal the policy was optimised against, so not an independent verdict: see the evaluation)."""
     if not final:
         return None
     low, high = final["win_rate_ci95"]
     gain_low, gain_high = final["rm_reward_gain_ci95"]
-    return (f"final model ({final['final']}) vs base ({final['base']}) on {final['prompts']} held-out prompts, judged "
-            f"by the run's rm: win rate {final['win_rate']:.3f} (95% CI {low:.3f}–{high:.3f}); mean reward "
-            f"{final['rm_reward_base']:.3f} → {final['rm_reward_final']:.3f} (gain CI {gain_low:.3f}–{gain_high:.3f}); "
+    return (f"the training RM's view: final model ({final['final']}) vs base ({final['base']}) on "
+            f"{final['prompts']} held-out prompts, judged by the run's rm: win rate {final['win_rate']:.3f} "
+            f"(95% CI {low:.3f}–{high:.3f}); mean reward {final['rm_reward_base']:.3f} → "
+            f"{final['rm_reward_final']:.3f} (gain CI {gain_low:.3f}–{gain_high:.3f}); "
             f"reply length {final['reply_tokens_base']} → {final['reply_tokens_final']} tokens")
 
 
 def print_summary(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float,
-                  final: dict | None = None) -> None:
+                  final: dict | None = None, evaluations: list[dict] | None = None) -> None:
+    """The evaluations' headline figures first (align.evaluation), then the stages, then the training RM's view."""
     from rich.console import Console
     from rich.table import Table
+
+    from align.evaluation.report import print_table
+
+    for evaluation in evaluations or []:
+        print_table(evaluation["result"], headline_only=True)
+        print(f"every figure and example replies: {Path(evaluation['out']) / 'eval.html'}")
 
     table = Table(title=f"align pipeline — {run_dir} ({total:.0f}s)")
     for column in ("stage", "status", "gate", "key metrics", "stage wall s", "this run s"):
         table.add_column(column, overflow="fold")
     for row in _rows(run_dir, stages, timings, skipped):
-        table.add_row(row["stage"], row["status"], row["gate"], "\n".join(row["metrics"]), str(row["wall_s"]),
+        table.add_row(row["stage"], row["status"], "\n".join(row["gate"]), "\n".join(row["metrics"]), str(row["wall_s"]),
                       "skipped" if row["skipped"] else str(row["this_run_s"]))
     console = Console()
     if not console.is_terminal:  # a log file or a pipe: rich would assume 80 columns and cut the metric names
@@ -105,7 +131,14 @@ def _training_curves(run_dir: Path, stages: list[str]) -> str | None:
 
 
 def _gate_figures(manifest: dict) -> str | None:
+    """The gate's paired differences against their margins (the gate report's forest plot), or, for a gate
+    without paired differences, the child's figures beside its parent's."""
+    from align.gates.report import plot_differences
+
     gate = manifest.get("gate") or {}
+    forest = plot_differences({"gate": {"checks": gate.get("checks", [])}})
+    if forest:
+        return forest
     checks = [c for c in gate.get("checks", []) if isinstance(c.get("value"), (int, float))]
     if not checks:
         return None
@@ -128,11 +161,18 @@ def _gate_figures(manifest: dict) -> str | None:
 
 
 def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[str], total: float,
-                 final: dict | None = None) -> Path:
+                 final: dict | None = None, evaluations: list[dict] | None = None) -> Path:
+    from align.evaluation.report import summary_html
+
     rows = _rows(run_dir, stages, timings, skipped)
+    evaluation = "".join(summary_html(e["result"], str(Path(e["out"], "eval.html").relative_to(run_dir)))
+                         for e in evaluations or [])
+    if evaluation:
+        evaluation = ("<h2>Evaluation on data the run never trained on, with an independent judge</h2>"
+                      + evaluation)
     table = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(str(r['status']))}</td>"
-        f"<td>{html.escape(str(r['gate']))}</td><td>{html.escape(', '.join(r['metrics']))}</td><td>{r['wall_s']}</td>"
+        f"<td>{'<br>'.join(html.escape(g) for g in r['gate'])}</td><td>{html.escape(', '.join(r['metrics']))}</td><td>{r['wall_s']}</td>"
         f"<td>{'skipped' if r['skipped'] else r['this_run_s']}</td></tr>" for r in rows)
     images = []
     curves = _training_curves(run_dir, stages)
@@ -148,7 +188,7 @@ def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>align pipeline — {html.escape(run_dir.name)}</h1><p>Total wall time: {total:.0f}s</p>
-{f"<p><b>{html.escape(final_line(final))}</b></p>" if final else ""}
+{evaluation}{f"<p><b>{html.escape(final_line(final))}</b></p>" if final else ""}
 <table><tr><th>stage</th><th>status</th><th>gate</th><th>key metrics</th><th>stage wall s</th><th>this run s</th></tr>
 {table}</table>{body}</body></html>"""
     path = run_dir / "report.html"

@@ -74,16 +74,23 @@ def print_gate(gate: dict, out_dir: Path) -> None:
 
     table = Table(title=f"gate: {gate['verdict'].upper()}")
     table.add_column("check", no_wrap=True)
-    for column in ("value", "95% CI", "parent", "limits", "result"):
+    for column in ("value", "95% CI", "parent", "difference [paired 95% CI]", "MDE", "limits", "rule", "result"):
         table.add_column(column)
     for c in gate["checks"]:
         limits = ", ".join(f"{k} {c[k]}" for k in ("max", "min", "max_increase", "max_decrease") if c.get(k) is not None)
         ci = c.get("ci95") or [None, None]
+        low, high = c.get("difference_ci95") or [None, None]
+        diff = "–" if c.get("difference") is None else f"{c['difference']:+.3f} [{num(low)}, {num(high)}]"
+        mde = num(c.get("mde")) + (" [yellow]> margin[/]" if c.get("mde_exceeds_margin") else "")
         result = "[green]pass[/]" if c["passed"] else f"[red]FAIL[/] {c.get('reason') or ''}"
-        table.add_row(c["name"], num(c["value"]), f"[{num(ci[0])}, {num(ci[1])}]", num(c["parent"]), limits or "–",
-                      result)
+        table.add_row(c["name"], num(c["value"]), f"[{num(ci[0])}, {num(ci[1])}]", num(c["parent"]), diff, mde,
+                      limits or "–", c.get("rule") or "–", result)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
     console.print(table)
+    for warning in gate["figures"].get("power_warnings") or []:
+        console.print(f"[yellow]power warning:[/] {warning}")
     if gate.get("error"):
         console.print(f"[red]error while gating (fails closed):[/] {gate['error']}")
     wall = gate["figures"].get("timing", {}).get("gate_wall_s")

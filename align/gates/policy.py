@@ -191,6 +191,10 @@ def fingerprint(options: GateOptions) -> str:
     options = effective_options(options)
     data = {name: getattr(options, name) for name in MEASUREMENT_FIELDS}
     data = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()}
+    if str(options.scorer).lower() == "offline":  # the offline scorer's build: a rebuilt scorer scores differently
+        from align.gates.toxicity_train import BUILD_VERSION
+
+        data["scorer"] = f"offline-{BUILD_VERSION}"
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

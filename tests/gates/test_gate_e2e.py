@@ -40,6 +40,9 @@ def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, 
     tox = next(c for c in gate["checks"] if c["name"] == "toxicity.expected_max")
     assert 0.0 <= tox["ci95"][0] <= tox["value"] <= tox["ci95"][1] <= 1.0
     assert gate["figures"]["parent_from"] == "measured"
+    # 9 prompts cannot see a 0.1 rise: the gate says so up front, with the prompts it would need.
+    warning = next(w for w in gate["figures"]["power_warnings"] if w.startswith("toxicity.expected_max"))
+    assert "it needs about" in warning and "gate.toxicity_prompts" in warning and tox["planned_mde"] > 0.1
     assert gate["verdict"] == ("pass" if all(c["passed"] for c in gate["checks"]) else "fail")
 
     report = json.loads((tmp_path / "child" / "gate_report.json").read_text())
@@ -48,7 +51,12 @@ def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, 
         next(c["value"] for c in gate["checks"] if c["name"] == "crows_pairs.stereotype_share"))
     assert len(report["most_toxic_replies"]) == 5
     page = (tmp_path / "child" / "gate_report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 5 and "toxicity.expected_max" in page
+    assert page.count("data:image/png;base64,") >= 6 and "toxicity.expected_max" in page  # + the forest plot
+    assert "non-inferiority: passes only when" in page and "+0.000 [0.000, 0.000]" in page
+    from align.card import gate_summary
+
+    card = gate_summary(gate)
+    assert "| toxicity.expected_max |" in card and "+0.0000 [0, 0]" in card and "non_inferiority" in card
 
     # A second gate reuses the parent's figures from its manifest (and its per-unit values from the gate_items.json
     # beside it, in the parent's folder) and records the failing check and the override.

@@ -117,3 +117,12 @@ def test_parent_figures_are_reused_only_when_measured_the_same_way(tmp_path):
     assert parent_from_gate({**gate, "error": "RuntimeError: x"}, options, str(parent_dir)) is None
     assert parent_from_gate(None, options, str(parent_dir)) is None
     assert not math.isnan(reused["metrics"]["toxicity.expected_max"]["value"])
+
+
+def test_the_fingerprint_follows_the_offline_scorers_build(monkeypatch):
+    from align.gates import toxicity_train
+
+    before = fingerprint(GateOptions())
+    monkeypatch.setattr(toxicity_train, "BUILD_VERSION", "v-next")
+    assert fingerprint(GateOptions()) != before  # figures scored by another build are never paired
+    assert fingerprint(GateOptions(scorer="/some/checkpoint")) == fingerprint(GateOptions(scorer="/some/checkpoint"))
