@@ -280,7 +280,9 @@ def _child_key(kind: str, settings: dict, cfg, data_sha: str | None, parent_iden
     recipe = {k: v for k, v in to_dict(cfg).items() if k not in ("gate", "runs_dir")} if cfg is not None else None
     if recipe is not None:
         recipe["sft"] = {k: v for k, v in recipe["sft"].items() if k != "data"}
-    return _digest({"kind": kind, "recipe": recipe, "data": data_sha, "parent": parent_identity})
+    scale = settings.get("scale", 1.0) if kind == "planted" else 1.0
+    return _digest({"kind": kind, "recipe": recipe, "data": data_sha, "parent": parent_identity,
+                    **({"scale": scale} if scale != 1.0 else {})})
 
 
 def _parent_identity(source: str) -> list:
@@ -291,6 +293,42 @@ def _parent_identity(source: str) -> list:
     if not folder.is_dir():
         return [source]
     return [source] + sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
+
+
+def scale_task_vector(parent_source: str, trained: Path, scale: float, folder: Path) -> Path:
+    """parent + scale · (trained − parent), weight by weight (task arithmetic, Ilharco et al. 2023), saved with the
+    trained child's config and tokenizer: a dial on how far the planted SFT moves the model. scale 1 is the SFT
+    child itself; 0 the parent."""
+    from safetensors.torch import load_file, save_file
+
+    from align.errors import ModelError
+    from align.models import resolve_source
+
+    parent_dir = Path(resolve_source(parent_source))
+    parent_files, trained_files = sorted(parent_dir.glob("*.safetensors")), sorted(Path(trained).glob("*.safetensors"))
+    if not parent_files or not trained_files:
+        raise ModelError(f"gate-power: scaling needs safetensors weights in {parent_dir} and {trained}")
+    parent_weights = {k: v for f in parent_files for k, v in load_file(str(f)).items()}
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for path in sorted(Path(trained).iterdir()):  # config and tokenizer; not the SFT child's manifest or card
+        if path.is_file() and path.suffix in (".json", ".jinja", ".txt", ".model") and path.name != "manifest.json":
+            shutil.copyfile(path, tmp / path.name)
+    for path in trained_files:
+        weights = load_file(str(path))
+        missing = [k for k in weights if k not in parent_weights]
+        if missing:
+            raise ModelError(f"gate-power: {path} has weights the parent lacks ({missing[:3]}): not a fine-tune of it")
+        scaled = {k: (parent_weights[k].float() + scale * (v.float() - parent_weights[k].float())).to(v.dtype)
+                  for k, v in weights.items()}
+        save_file(scaled, str(tmp / path.name), metadata={"format": "pt"})
+    (tmp / "scaled.json").write_text(json.dumps({"parent": parent_source, "trained": str(trained), "scale": scale}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+    return folder
 
 
 def copy_parent(source: str, folder: Path) -> Path:
@@ -348,6 +386,8 @@ def build_child(kind: str, settings: dict, bench_dir: Path) -> dict:
         path = run_stage("sft", cfg, parent_spec=parent, run=kind)
         metrics = {k: v for k, v in (read_manifest(path) or {}).get("metrics", {}).items()
                    if k in ("eval_perplexity_before", "eval_perplexity_after", "train_rows", "train_loss")}
+        if kind == "planted" and settings.get("scale", 1.0) != 1.0:
+            path = scale_task_vector(parent, path, settings["scale"], children_dir / kind / f"scaled-{settings['scale']:g}")
     else:
         path = copy_parent(parent, children_dir / kind / "model")
     toxic = sum(1 for p in provenance if p["toxic"])
@@ -360,6 +400,7 @@ def build_child(kind: str, settings: dict, bench_dir: Path) -> dict:
         "neutral_replies": settings["neutral_replies"] if kind in TRAINED_KINDS else None,
         "share": (toxic / len(provenance)) if provenance else None,
         "steps": settings["steps"] if kind in TRAINED_KINDS else None,
+        "scale": settings.get("scale", 1.0) if kind == "planted" else None,
         "lr": float(cfg.sft.lr) if cfg is not None else None, "metrics": metrics,
         "build_wall_s": round(time.perf_counter() - started, 1), "build_cpu_s": round(time.process_time() - cpu0, 1),
     }
@@ -369,7 +410,7 @@ def build_child(kind: str, settings: dict, bench_dir: Path) -> dict:
 
 def _complete(kind: str, path: Path) -> bool:
     if kind in TRAINED_KINDS:
-        return (path / "manifest.json").is_file()
+        return (path / "manifest.json").is_file() or (path / "scaled.json").is_file()
     return (path / "config.json").is_file()
 
 
@@ -573,6 +614,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   f"(default: {FULL['steps']})")
     parser.add_argument("--lr", type=float, help="SFT learning rate of the trained children (default: "
                                                  f"{FULL['lr']}; --quick: the recipe's)")
+    parser.add_argument("--scale", type=float,
+                        help="the planted child is parent + scale · (toxic SFT − parent): a dial on the size of the "
+                             f"planted regression (default: {FULL.get('scale', 1.0)}; 1 = the SFT child itself)")
     parser.add_argument("--min-toxicity", type=float, default=0.5,
                         help="labeled rows at or above this toxicity are the planted replies (default: 0.5)")
     parser.add_argument("--toxic-source", choices=tuple(TOXIC_SOURCES), default=FULL["toxic_source"],
@@ -619,6 +663,7 @@ def resolve(args: argparse.Namespace) -> dict:
         "children": [k for k in KINDS if k in kinds], "seeds": list(range(args.first_seed, args.first_seed + seeds)),
         "rows": args.rows or base["rows"], "share": base["share"] if args.share is None else args.share,
         "steps": args.steps or base["steps"], "lr": args.lr if args.lr is not None else base["lr"],
+        "scale": args.scale if args.scale is not None else base.get("scale", 1.0),
         "min_toxicity": args.min_toxicity, "data_seed": args.data_seed,
         "neutral_replies": args.neutral_replies, "toxic_format": args.toxic_format,
         "toxic_source": args.toxic_source, "reply_tokens": args.reply_tokens,

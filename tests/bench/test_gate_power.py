@@ -224,3 +224,28 @@ def test_quick_run_gates_every_child_at_every_seed_and_a_rerun_reuses_the_childr
     assert all(g["reused"] for g in again["gates"]) and len(again["gates"]) == 6
     assert (Path(planted["path"]) / "model.safetensors").stat().st_mtime_ns == stamp
     assert again["summary"]["planted"]["verdicts"] == results["summary"]["planted"]["verdicts"]
+
+
+def test_scaled_task_vector_interpolates_between_parent_and_trained(tmp_path, tiny_model_dir):
+    """The planted child's dial: parent + scale · (trained − parent), weight by weight."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from align.bench.gate_power import scale_task_vector
+
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_model_dir, trained)
+    (trained / "manifest.json").write_text("{}")
+    weights_file = next(trained.glob("*.safetensors"))
+    parent = load_file(str(weights_file))
+    moved = {k: v + torch.full_like(v, 0.5) for k, v in parent.items()}
+    save_file(moved, str(weights_file), metadata={"format": "pt"})
+    for scale in (0.0, 0.25, 1.0):
+        out = scale_task_vector(str(tiny_model_dir), trained, scale, tmp_path / f"scaled-{scale}")
+        scaled = load_file(str(out / weights_file.name))
+        for name, value in parent.items():
+            assert torch.allclose(scaled[name].float(), value.float() + scale * 0.5, atol=1e-6), (scale, name)
+        assert (out / "config.json").is_file() and not (out / "manifest.json").exists()
+        assert json.loads((out / "scaled.json").read_text())["scale"] == scale
