@@ -26,6 +26,8 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Sequence
 
+from align.reward_diagnostics import pair_wins, win_rate
+
 Messages = list[dict]
 
 
@@ -110,16 +112,11 @@ def pair_logprobs(model, tokenizer, pairs: Sequence[dict], max_length: int | Non
     return {"chosen": chosen, "rejected": rejected, "chosen_tokens": chosen_n, "rejected_tokens": rejected_n}
 
 
-def _win_share(better: Sequence[float], worse: Sequence[float]) -> float:
-    wins = [1.0 if b > w else 0.5 if b == w else 0.0 for b, w in zip(better, worse)]
-    return round(sum(wins) / len(wins), 4) if wins else float("nan")
-
-
 def likelihood_accuracy(logps: dict[str, list]) -> dict[str, float]:
     """Preference accuracy in the likelihood form: summed and per-token log-prob of chosen vs rejected."""
     mean_c = [s / max(n, 1) for s, n in zip(logps["chosen"], logps["chosen_tokens"])]
     mean_r = [s / max(n, 1) for s, n in zip(logps["rejected"], logps["rejected_tokens"])]
-    return {"logp_sum": _win_share(logps["chosen"], logps["rejected"]), "logp_mean": _win_share(mean_c, mean_r)}
+    return {"logp_sum": win_rate(logps["chosen"], logps["rejected"]), "logp_mean": win_rate(mean_c, mean_r)}
 
 
 def implicit_rewards(policy: dict[str, list], reference: dict[str, list], beta: float) -> tuple[list, list]:
@@ -133,7 +130,7 @@ def implicit_accuracy(policy: dict[str, list], reference: dict[str, list], beta:
     """Implicit-reward preference accuracy and mean margin of a policy against its reference."""
     chosen, rejected = implicit_rewards(policy, reference, beta)
     margins = [c - r for c, r in zip(chosen, rejected)]
-    return {"accuracy": _win_share(chosen, rejected), "margin": round(sum(margins) / len(margins), 4)}
+    return {"accuracy": win_rate(chosen, rejected), "margin": round(sum(margins) / len(margins), 4)}
 
 
 # ------------------------------------------------------------------------------------------------------ KL
@@ -194,7 +191,7 @@ def rm_judgement(prompts: Sequence[Messages], child_replies: Sequence[str], pare
                               reward_model, batch_size, max_length))
 
     child, parent = scores(child_replies), scores(parent_replies)
-    wins = (child > parent) + 0.5 * (child == parent)
+    wins = pair_wins(child, parent)
     low, high = bootstrap_ci(np.mean, wins)
     gain_low, gain_high = bootstrap_ci(np.mean, child - parent)
     return {"win_rate_vs_parent": round(float(wins.mean()), 4),

@@ -7,6 +7,12 @@ A reward model is any folder `AutoModelForSequenceClassification` loads with one
 rm` saves). A conversation is tokenized exactly as TRL's RewardTrainer tokenized the training pairs (the chat
 template over the whole conversation, the reply included), and the reward is the head's output at the last
 non-padding token. Loaded models are cached per folder, so repeated calls do not reload.
+
+Length correction (ODIN-style, `rm.length_regression`): a reward-model folder may hold `length_term.json`, the
+slope b of reward ~ a + b * length fitted on its training replies (length in characters of the reply, the
+assistant messages at the end of the conversation). `score` then returns reward - b * length for every
+conversation, so whatever uses the folder (DPO win rates, PPO rewards, the pipeline's judgement, evaluations)
+gets the corrected reward; a RewardModel built from a bare (model, tokenizer) pair has no correction.
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ from typing import Sequence
 from align.errors import ModelError
 
 Conversation = list[dict]
+LENGTH_TERM_FILE = "length_term.json"
 
 
 @dataclass
 class RewardModel:
-    """A loaded reward model and its tokenizer."""
+    """A loaded reward model and its tokenizer; `length_coef` (reward per character) is subtracted times the
+    reply's length from every score (0: none; see the module docstring)."""
 
     model: object
     tokenizer: object
     source: str = ""
+    length_coef: float = 0.0
 
 
 def load_reward_model(source: str | Path, device: str = "auto") -> RewardModel:
@@ -53,7 +62,59 @@ def _load_cached(folder: str, device: str) -> RewardModel:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()
-    return RewardModel(model=model, tokenizer=tokenizer, source=folder)
+    return RewardModel(model=model, tokenizer=tokenizer, source=folder, length_coef=read_length_term(folder))
+
+
+# ------------------------------------------------------------------------------------------ length term
+
+
+def fit_length_term(rewards: Sequence[float], lengths: Sequence[float]) -> dict:
+    """Least-squares reward ~ intercept + per_character * length (what `length_term.json` holds)."""
+    import numpy as np
+
+    r, n = np.asarray(rewards, dtype=float), np.asarray(lengths, dtype=float)
+    if r.size < 2 or np.std(n) == 0:
+        return {"per_character": 0.0, "intercept": float(r.mean()) if r.size else 0.0, "replies": int(r.size)}
+    slope, intercept = np.polyfit(n, r, 1)
+    return {"per_character": float(slope), "intercept": float(intercept), "replies": int(r.size)}
+
+
+def save_length_term(folder: str | Path, term: dict) -> Path:
+    """Write a fitted length term into a reward-model folder; `score` subtracts it when the folder is loaded."""
+    import json
+
+    path = Path(folder) / LENGTH_TERM_FILE
+    path.write_text(json.dumps({**term, "unit": "characters of the reply",
+                                "applied_as": "reward - per_character * length"}, indent=2) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def read_length_term(folder: str | Path) -> float:
+    """The per-character slope stored in a reward-model folder (0.0 when it has no length term)."""
+    import json
+    import math
+
+    path = Path(folder) / LENGTH_TERM_FILE
+    if not path.is_file():
+        return 0.0
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["per_character"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: field 'per_character': cannot read the length term ({exc})") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ModelError(f"{path}: field 'per_character': {value!r} is not a finite number")
+    return float(value)
+
+
+def reply_of(conversation: Conversation) -> list[dict]:
+    """The assistant messages at the end of a conversation (the reply a reward judges)."""
+    reply = []
+    for message in reversed(conversation):
+        if message.get("role") != "assistant":
+            break
+        reply.append(message)
+    return reply[::-1]
 
 
 def clear_cache() -> None:
@@ -83,6 +144,7 @@ def score(conversations: Sequence[Conversation], model=None, batch_size: int = 8
 
     model: a reward-model folder or hub id, a RewardModel, a (model, tokenizer) pair, or None for the latest
     promoted rm under runs/. Conversations longer than `max_length` tokens are cut at the end (None: not cut).
+    A model with a length term (a folder with length_term.json) returns reward - per_character * reply length.
     """
     import torch
     from tqdm.auto import tqdm
@@ -115,6 +177,10 @@ def score(conversations: Sequence[Conversation], model=None, batch_size: int = 8
             rewards.extend(float(x) for x in logits[:, 0].float().cpu())
     finally:
         net.train(was_training)
+    if rm.length_coef:
+        from align.reward_diagnostics import reply_length
+
+        rewards = [r - rm.length_coef * reply_length(reply_of(c)) for r, c in zip(rewards, conversations)]
     return rewards
 
 

@@ -2,18 +2,29 @@
 
 TRL's RewardTrainer (Bradley-Terry loss on chosen vs rejected) over a sequence-classification head with one
 output, put on the parent (the SFT artifact by default, or any base); full or LoRA. The held-out pairs are
-scored before and after training: pairwise accuracy, mean margin, and the reward-hacking signals — how much the
-reward follows reply length (Pearson and Spearman over every held-out reply, length in characters), and the
-accuracy on the pairs whose chosen reply is the shorter one. A scatter plot of chosen vs rejected reward goes to
-reward_scatter.png. The saved folder loads with AutoModelForSequenceClassification (LoRA merged by default) and
-is what `align.reward.score` reads.
+scored before and after training: pairwise accuracy, mean margin, and the reward-hacking signals of
+align.reward_diagnostics — the length-only baseline (longer or shorter reply, whichever ranks the training pairs
+better) and the accuracy over it, the accuracy on length-matched pairs (length ratio 0.8–1.25, in characters)
+with its 95% interval, the reward–length correlation (Pearson and Spearman over every held-out reply) and the
+accuracy on the pairs whose chosen reply is the shorter / the longer one. A scatter plot of chosen vs rejected
+reward goes to reward_scatter.png. The saved folder loads with AutoModelForSequenceClassification (LoRA merged
+by default) and is what `align.reward.score` reads.
+
+Two length mitigations (recipe options): `length_balance` trains on pairs subsampled so that chosen-shorter and
+chosen-longer pairs are equally many; `length_regression` (ODIN-style, post hoc) fits reward ~ a + b * length on
+the replies of (up to 512) training pairs after training and stores b in the folder's length_term.json, which
+align.reward.score subtracts everywhere the reward model is used (the eval_ metrics are then the corrected ones,
+eval_raw_* the uncorrected).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from align.config import opt
+from align.reward_diagnostics import pair_metrics
 from data.preferences import PreferenceTrainOptions
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
@@ -31,11 +42,18 @@ class Options(PreferenceTrainOptions):
     eval_before: bool = opt(False, "also score the held-out pairs with the untrained head (a chance baseline; "
                                    "costs one more pass over them)")
     center_rewards_coefficient: float = opt(0.0, "pull rewards towards mean zero (0 = off; 0.01 is typical)")
+    length_balance: bool = opt(False, "train on pairs subsampled (seeded) so that those whose chosen reply is the "
+                                      "shorter and those whose chosen reply is the longer are equally many")
+    length_regression: bool = opt(False, "after training, fit reward ~ a + b * length (characters) on the "
+                                         "training replies and store b in length_term.json: align.reward.score "
+                                         "then returns reward - b * length wherever this reward model is used")
 
 
 def run(ctx) -> dict:
     from align import models, training
-    from align.reward import RewardModel, score_pairs
+    from align.distributed import is_main
+    from align.reward import RewardModel, fit_length_term, save_length_term, score_pairs
+    from align.reward_diagnostics import length_balanced, pair_lengths
     from data.preferences import load_stage_pairs
 
     options, model_options = ctx.options, ctx.cfg.model
@@ -46,30 +64,60 @@ def run(ctx) -> dict:
     model = load_reward_head(source, base_options, ctx)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the reward at the last non-pad token
 
-    # 2. Preference pairs: training and held-out, each row checked (bad ones dropped with their row numbers).
+    # 2. Preference pairs: training and held-out, each row checked (bad ones dropped with their row numbers);
+    #    with length_balance, as many chosen-shorter as chosen-longer training pairs.
     train_rows, eval_rows = load_stage_pairs(ctx, tokenizer)
-    held_out = eval_rows.rows
+    train_split, held_out = train_rows.rows, eval_rows.rows  # the length-only rule is chosen on the whole split
+    train_pairs, balance = (length_balanced(train_split, ctx.cfg.seed) if options.length_balance
+                            else (train_split, None))
+    if balance:
+        print(f"[align] length_balance: {balance['chosen_shorter']} chosen-shorter and {balance['chosen_longer']} "
+              f"chosen-longer pairs -> {balance['kept']} pairs kept", flush=True)
+
+    def held_out_metrics(net) -> tuple[dict, tuple[list, list]]:
+        scores = score_pairs(held_out, net, options.batch_size, options.max_length)
+        return pair_metrics(*scores, held_out, train_split), scores
 
     # 3. The held-out pairs under the untrained head, when asked (a random head: chance, give or take noise).
-    before = pair_metrics(*score_pairs(held_out, (model, tokenizer), options.batch_size, options.max_length),
-                          held_out) if options.eval_before else None
+    before = held_out_metrics((model, tokenizer))[0] if options.eval_before else None
 
     # 4. Train.
-    trainer = build_trainer(ctx, model, tokenizer, train_rows.to_dataset())
+    trainer = build_trainer(ctx, model, tokenizer, replace(train_rows, rows=train_pairs).to_dataset())
     used_rows = len(trainer.train_dataset)  # pairs longer than max_length are left out by TRL
     metrics = training.train(trainer, ctx)
 
-    # 5. Held-out evaluation after training, the plot, and a folder AutoModelForSequenceClassification loads.
+    # 5. Held-out evaluation after training (with length_regression: the length term fitted on the training
+    #    replies, then subtracted), the plot, and a folder AutoModelForSequenceClassification loads.
     trained = RewardModel(model=trainer.model, tokenizer=tokenizer)
-    chosen, rejected = score_pairs(held_out, trained, options.batch_size, options.max_length)
-    after = pair_metrics(chosen, rejected, held_out)
+    after, (chosen, rejected) = held_out_metrics(trained)
+    extra: dict = {}
+    if options.length_regression:
+        fit_pairs = train_pairs[:LENGTH_FIT_PAIRS]
+        train_chosen, train_rejected = score_pairs(fit_pairs, trained, options.batch_size, options.max_length)
+        term = fit_length_term(train_chosen + train_rejected, list(np.concatenate(pair_lengths(fit_pairs))))
+        trained.length_coef = term["per_character"]
+        extra = {"length_term_per_character": round(term["per_character"], 8),
+                 **{f"eval_raw_{k}": after[k] for k in RAW_KEYS}}
+        after, (chosen, rejected) = held_out_metrics(trained)
     reward_scatter(chosen, rejected, ctx.output_dir / "reward_scatter.png")
     ctx.model_format = models.save_model(trainer.model, tokenizer, ctx.output_dir, ctx.cfg.lora.save)
-    return {**{f"eval_{k}": v for k, v in after.items()},
+    if options.length_regression and is_main():
+        save_length_term(ctx.output_dir, term)
+    return {**{f"eval_{k}": v for k, v in after.items()}, **extra,
             "eval_accuracy_before": before["accuracy"] if before else None, "eval_rows": len(held_out),
             "base": source,
-            "train_rows": len(train_rows.rows), "train_rows_within_max_length": used_rows,
+            "train_rows": len(train_split), "train_rows_within_max_length": used_rows,
+            **({"train_rows_length_balanced": balance["kept"], "train_rows_chosen_shorter": balance["chosen_shorter"],
+                "train_rows_chosen_longer": balance["chosen_longer"]} if balance else {}),
             "dropped_rows": len(train_rows.dropped) + len(eval_rows.dropped), **metrics}
+
+
+# length_regression fits its line on the replies of the first this many training pairs (a two-parameter fit needs
+# no more; scoring every pair of a large set would cost a pass over it).
+LENGTH_FIT_PAIRS = 512
+# The uncorrected figures kept beside the corrected ones when length_regression is on.
+RAW_KEYS = ("accuracy", "accuracy_over_length_only", "accuracy_over_length_only_ci95", "length_matched_accuracy",
+            "length_matched_accuracy_ci95", "length_spearman")
 
 
 def build_trainer(ctx, model, tokenizer, dataset):
@@ -110,40 +158,6 @@ def load_reward_head(source: str, model_options, ctx):
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot put a reward head on {source}: {exc}".splitlines()[0]) from None
     return model.to(ctx.device)
-
-
-def pair_metrics(chosen: list[float], rejected: list[float], pairs: list[dict]) -> dict:
-    """Accuracy, margin and length signals of rewards on preference pairs.
-
-    accuracy: share of pairs with reward(chosen) > reward(rejected) (a tie counts half).
-    length_pearson / length_spearman: correlation of reward with reply length in characters, over all replies.
-    accuracy_chosen_shorter: accuracy on the pairs whose chosen reply is strictly shorter (None when none are).
-    """
-    import numpy as np
-    from scipy import stats
-
-    c, r = np.array(chosen), np.array(rejected)
-    wins = (c > r) + 0.5 * (c == r)
-    chosen_len = np.array([sum(len(m["content"]) for m in p["chosen"]) for p in pairs])
-    rejected_len = np.array([sum(len(m["content"]) for m in p["rejected"]) for p in pairs])
-    rewards, lengths = np.concatenate([c, r]), np.concatenate([chosen_len, rejected_len])
-    shorter = chosen_len < rejected_len
-
-    def corr(fn):
-        if np.std(rewards) == 0 or np.std(lengths) == 0:
-            return None
-        return round(float(fn(rewards, lengths)[0]), 4)
-
-    return {
-        "accuracy": round(float(wins.mean()), 4),
-        "mean_margin": round(float((c - r).mean()), 4),
-        "reward_mean": round(float(rewards.mean()), 4),
-        "reward_std": round(float(rewards.std()), 4),
-        "length_pearson": corr(stats.pearsonr),
-        "length_spearman": corr(stats.spearmanr),
-        "accuracy_chosen_shorter": round(float(wins[shorter].mean()), 4) if shorter.any() else None,
-        "pairs_chosen_shorter": int(shorter.sum()),
-    }
 
 
 def reward_scatter(chosen: list[float], rejected: list[float], path) -> None:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from stages.rm import LENGTH_FIT_PAIRS
 from tests.helpers import run_cli
 from tests.stages.marker_pairs import MARKER, write_marker_pairs
 
@@ -138,3 +139,111 @@ def test_rm_on_the_shipped_minilm_encoder_learns_the_marker_and_scores_through_i
     good = reward.score([user + [{"role": "assistant", "content": f"well then, {MARKER}, all good."}]], str(folder))
     bad = reward.score([user + [{"role": "assistant", "content": "well then, indeed, all good."}]], str(folder))
     assert good[0] > bad[0]
+
+
+# ------------------------------------------------------------------------------- length mitigations
+
+
+def write_length_skewed_pairs(path, n: int = 120):
+    """Marker pairs where the chosen reply is the longer one in 3 pairs of 4 (a sentence added to it) and the
+    shorter one in the rest (the sentence added to the rejected reply)."""
+    from tests.stages.marker_pairs import marker_pairs
+
+    rows = marker_pairs(n)
+    for i, row in enumerate(rows):
+        side = "rejected" if i % 4 == 0 else "chosen"
+        row[side][0]["content"] += " That is all I can say about it."
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def length_rm(tmp_path_factory, tiny_model_dir):
+    """A tiny reward model trained with both length mitigations on length-skewed marker pairs."""
+    root = tmp_path_factory.mktemp("rm-length")
+    data = write_length_skewed_pairs(root / "skewed.jsonl")
+    runs = root / "runs"
+    assert run_cli("rm", "--config", "tiny", "--from", "tiny", "--run", "length", f"runs_dir={runs}", f"data={data}",
+                   "max_rows=-1", "eval_rows=-1", "max_steps=6", "length_balance=true",
+                   "length_regression=true") == 0
+    return data, runs / "length" / "rm"
+
+
+def test_length_balance_trains_on_as_many_chosen_shorter_as_chosen_longer_pairs(length_rm):
+    from align.reward_diagnostics import pair_lengths
+    from data.preferences import load_preferences
+
+    data, folder = length_rm
+    chosen, rejected = pair_lengths(load_preferences(str(data), "train").rows)
+    shorter, longer = int((chosen < rejected).sum()), int((chosen > rejected).sum())
+    assert longer > 2 * shorter > 0  # the fixture is skewed
+    metrics = json.loads((folder / "manifest.json").read_text())["metrics"]
+    assert metrics["train_rows"] == shorter + longer
+    assert metrics["train_rows_chosen_shorter"] == shorter and metrics["train_rows_chosen_longer"] == longer
+    assert metrics["train_rows_length_balanced"] == 2 * shorter
+    assert metrics["train_rows_within_max_length"] == 2 * shorter  # what the trainer got: the balanced pairs
+    # The length-only rule is still chosen on the whole training split (chosen longer there), and it is right on
+    # the held-out pairs whose chosen reply is the longer one.
+    assert metrics["eval_length_only_rule"] == "longer" and metrics["eval_length_only_rule_from"] == "train"
+    assert metrics["eval_length_only_accuracy"] == pytest.approx(metrics["eval_pairs_chosen_longer"] / metrics["eval_rows"],
+                                                                 abs=1e-4)
+
+
+def test_length_regression_is_stored_in_the_folder_and_applied_by_align_reward(length_rm):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from align import reward
+    from align.reward_diagnostics import length_diagnostics
+    from data.preferences import load_preferences
+
+    data, folder = length_rm
+    metrics = json.loads((folder / "manifest.json").read_text())["metrics"]
+    term = json.loads((folder / reward.LENGTH_TERM_FILE).read_text())
+    b = term["per_character"]
+    assert b != 0 and metrics["length_term_per_character"] == round(b, 8)
+    assert term["replies"] == 2 * min(metrics["train_rows_length_balanced"], LENGTH_FIT_PAIRS)  # training replies
+    for key in ("eval_raw_accuracy", "eval_raw_length_spearman", "eval_raw_length_matched_accuracy"):
+        assert key in metrics
+
+    # Loaded through align.reward, the folder scores reward - b * length; the bare model scores the raw reward.
+    reward.clear_cache()
+    loaded = reward.load_reward_model(folder)
+    assert loaded.length_coef == b
+    net = AutoModelForSequenceClassification.from_pretrained(folder)
+    bare = (net, AutoTokenizer.from_pretrained(folder))
+    user = [{"role": "user", "content": "Describe a mountain."}]
+    texts = ["short.", "a much longer reply about the mountain, its snow and its rocks."]
+    conversations = [user + [{"role": "assistant", "content": t}] for t in texts]
+    raw, corrected = reward.score(conversations, bare), reward.score(conversations, str(folder))
+    for t, r, c in zip(texts, raw, corrected):
+        assert c == pytest.approx(r - b * len(t), abs=1e-5)
+
+    # The manifest's eval_ figures are the corrected ones: what the folder gives on the held-out pairs.
+    held_out = load_preferences(str(data), "test").rows
+    again = length_diagnostics(*reward.score_pairs(held_out, str(folder)), held_out)
+    assert again["accuracy"] == metrics["eval_accuracy"]
+    assert again["length_spearman"] == pytest.approx(metrics["eval_length_spearman"], abs=1e-3)
+
+
+def test_a_planted_length_term_is_subtracted_and_a_bad_one_refused(marker_rm, tmp_path):
+    import shutil
+
+    from align import reward
+    from align.errors import ModelError
+
+    folder = tmp_path / "rm"
+    shutil.copytree(marker_rm, folder)
+    user = [{"role": "user", "content": "Hi"}]
+    conversations = [user + [{"role": "assistant", "content": "x" * n}] for n in (5, 50)]
+    reward.clear_cache()
+    plain = reward.score(conversations, str(folder))
+    reward.save_length_term(folder, {"per_character": 0.01, "intercept": 0.0, "replies": 2})
+    reward.clear_cache()
+    corrected = reward.score(conversations, str(folder))
+    assert corrected == pytest.approx([plain[0] - 0.05, plain[1] - 0.5], abs=1e-5)
+
+    (folder / reward.LENGTH_TERM_FILE).write_text('{"per_character": "a lot"}')
+    reward.clear_cache()
+    with pytest.raises(ModelError, match="length_term.json: field 'per_character'"):
+        reward.load_reward_model(folder)
+    reward.clear_cache()
