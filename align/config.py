@@ -132,6 +132,9 @@ def recipe_schema() -> type:
 
     fields.append(("pipeline", PipelineOptions, field(default_factory=PipelineOptions)))
     fields.append(("candidates", CandidateOptions, field(default_factory=CandidateOptions)))
+    from align.evaluation.options import EvalOptions
+
+    fields.append(("eval", EvalOptions, field(default_factory=EvalOptions)))
     return dataclasses.make_dataclass("Recipe", fields)
 
 

@@ -4,7 +4,9 @@ Default: SFT → gate → RM → DPO → gate, into runs/<recipe name>/. Running
 a finished stage whose inputs are unchanged (same recipe section, same parent, same data — the fingerprint in
 its manifest) is skipped, an interrupted one continues from its checkpoint, and a changed config or dataset
 reruns that stage and everything after it. Human labels join in: when the run's label store has exported
-pairs, they are mixed into the RM and DPO data. A summary table and runs/<run>/report.html close the run.
+pairs, they are mixed into the RM and DPO data. The run closes with `eval` of the final model against the base
+model (align.evaluation: held-out data and an independent judge), the run's own RM's judgement of the same pair
+(the training RM's view), a summary table that leads with the evaluation, and runs/<run>/report.html.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class PipelineOptions:
     final_eval_prompts: int = opt(64, "held-out prompts (the rm's test split) that the final model and the base "
                                       "model both answer, judged by the run's rm; 0 skips the comparison")
     final_eval_max_new_tokens: int = opt(48, "reply length cap in that comparison")
+    eval_final: bool = opt(True, "close with `eval` of the final model against the base model (the recipe's `eval` "
+                                 "section: held-out data, an independent judge; the summary leads with it)")
+    eval_sft: bool = opt(False, "also `eval` the sft model against the base model (the base's measurement is "
+                                "reused, so this costs one more model's measurement)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +102,7 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None) 
     timings: dict[str, float] = {}
     skipped: list[str] = []
     started = time.time()
+    evaluation_error, completed = None, False
     try:
         for number, stage in enumerate(stages, 1):
             print(f"\n━━━━ [{number}/{len(stages)}] {stage} ━━━━ (pipeline {run_dir}, "
@@ -115,20 +122,53 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None) 
             run_stage(stage, cfg, parent_spec=parent_spec, run=run_dir.name, resume=resume,
                       override_gate=override_gate)
             timings[stage] = time.time() - t0
+        completed = True
     finally:  # the summary also when a gate stops the pipeline
         from align.report import print_summary, write_report
 
         final = judge_final_against_base(cfg, run_dir, stages)
+        evaluations, evaluation_error = evaluate_against_base(cfg, run_dir, stages) if completed else ([], None)
         total = time.time() - started
-        report = write_report(run_dir, stages, timings, skipped, total, final)
-        print_summary(run_dir, stages, timings, skipped, total, final)
+        report = write_report(run_dir, stages, timings, skipped, total, final, evaluations)
+        print_summary(run_dir, stages, timings, skipped, total, final, evaluations)
         _say(f"report: {report}")
+    if evaluation_error is not None:  # the pipeline itself finished: its closing evaluation's failure is the error
+        raise evaluation_error
     return run_dir
 
 
+def evaluate_against_base(cfg, run_dir: Path, stages: list[str]) -> tuple[list[dict], Exception | None]:
+    """The closing step: `eval` of the final promoted model (and, with pipeline.eval_sft, the sft model) against
+    the base model, into <stage>/eval/; the final stage's model card gets the table. Returns the evaluations (each
+    {"stage", "out", "result"}) and the exception that stopped one, if any (reported, raised by the caller)."""
+    from align.card import write_model_card
+    from align.runs import PROMOTABLE, read_manifest
+
+    options = cfg.pipeline
+    promoted = [s for s in stages if s != "rm" and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE]
+    todo = ([promoted[-1]] if promoted and options.eval_final else []) + \
+        (["sft"] if options.eval_sft and "sft" in promoted and promoted[-1:] != ["sft"] else [])
+    evaluations = []
+    for stage in todo:
+        try:
+            from align.evaluation.command import evaluate
+
+            _say(f"eval: {stage} against the base model ({cfg.model.source}), on data the run never trained on")
+            out = run_dir / stage / "eval"
+            result = evaluate(cfg, str(run_dir / stage), cfg.model.source, out)
+        except Exception as exc:  # reported in the summary; the caller raises it once the report is written
+            _say(f"eval of {stage} failed: {type(exc).__name__}: {exc}".splitlines()[0])
+            return evaluations, exc
+        evaluations.append({"stage": stage, "out": str(out), "result": result})
+        if stage == promoted[-1]:
+            write_model_card(run_dir / stage, read_manifest(run_dir / stage))  # with its Evaluation section
+    return evaluations, None
+
+
 def judge_final_against_base(cfg, run_dir: Path, stages: list[str]) -> dict | None:
-    """The pipeline's last promoted model against the base model it started from, both answering the same
-    held-out prompts, judged by the run's reward model (win rate and mean rewards with 95% intervals).
+    """The training RM's view: the pipeline's last promoted model against the base model it started from, both
+    answering the same held-out prompts, judged by the run's own reward model — the signal DPO/PPO optimised, so
+    not an independent verdict (that is `evaluate_against_base`) — win rate and mean rewards with 95% intervals.
 
     Cached in runs/<run>/final_vs_base.json, keyed by both models' and the rm's manifests, so a resumed
     pipeline does not redo it. None when there is no promoted rm or final model, or it is switched off."""

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("align.run", "list the shipped datasets"),
     "pipeline": ("align.pipeline", "all stages of a recipe in order, each gated, resumable: SFT → RM → DPO by default"),
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
+    "eval": ("align.evaluation.command", "a model against a --baseline on data its training never used: preference accuracy, independent-judge win rates (raw and length-controlled), refusals, ROUGE/BLEU"),
     "toxicity-model": ("align.gates.toxicity", "build the offline toxicity scorer (Detoxify format) and print its held-out AUROC"),
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
     "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
