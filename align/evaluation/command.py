@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-VERSION = "v1"
+VERSION = "v2"
 
 
 def _say(message: str) -> None:

@@ -230,25 +230,29 @@ def _geometric_mean(log_values: np.ndarray) -> float:
 
 
 def reference_section(units, model: dict, baseline: dict | None, make: FigureMaker) -> dict:
-    def arrays(measurement, unit_list):
+    def texts(measurement, unit_list):
         replies = [measurement["replies"][u["id"]] for u in unit_list]
         references = [u["reference"] for u in unit_list]
-        log_ppl = np.log([measurement["perplexity"][u["id"]] for u in unit_list])
-        return rouge_l(replies, references), bleu_statistics(replies, references), log_ppl
+        return rouge_l(replies, references), bleu_statistics(replies, references)
 
     def rows_for(unit_list, prefix, label_prefix):
-        # A conversation cut by max_length before any assistant token has no perplexity: left out for both.
-        unit_list = [u for u in unit_list if all(math.isfinite(x["perplexity"][u["id"]])
-                                                 for x in (model, baseline) if x)]
         if not unit_list:
             return []
-        m = arrays(model, unit_list)
-        b = arrays(baseline, unit_list) if baseline else (None, None, None)
-        return [make.row(f"{prefix}.rouge_l", f"{label_prefix}ROUGE-L F1 against the reference replies", m[0], b[0]),
+        m = texts(model, unit_list)
+        b = texts(baseline, unit_list) if baseline else (None, None)
+        rows = [make.row(f"{prefix}.rouge_l", f"{label_prefix}ROUGE-L F1 against the reference replies", m[0], b[0]),
                 make.row(f"{prefix}.bleu", f"{label_prefix}BLEU against the reference replies", (m[1],),
-                         (b[1],) if baseline else None, statistic=corpus_bleu),
-                make.row(f"{prefix}.perplexity", f"{label_prefix}assistant perplexity of the reference conversations",
-                         m[2], b[2], statistic=_geometric_mean, better="lower")]
+                         (b[1],) if baseline else None, statistic=corpus_bleu)]
+        # A conversation cut by max_length before any assistant token has no perplexity: left out for both.
+        finite = [u for u in unit_list if all(math.isfinite(x["perplexity"][u["id"]]) for x in (model, baseline) if x)]
+        if finite:
+            def log_ppl(measurement):
+                return np.log([measurement["perplexity"][u["id"]] for u in finite])
+
+            rows.append(make.row(f"{prefix}.perplexity", f"{label_prefix}assistant perplexity of the reference "
+                                 f"conversations", log_ppl(model), log_ppl(baseline) if baseline else None,
+                                 statistic=_geometric_mean, better="lower"))
+        return rows
 
     rows = rows_for(units.reference, "reference", "") if units.reference else []
     breakdown = []

@@ -104,9 +104,12 @@ def context_lines(result: dict) -> list[str]:
         lines.append(f"judge: {judge['name']}" + (f" — {', '.join(known)} ({h.get('rows')} pairs)" if known else ""))
     classifier = result.get("refusal_classifier")
     if classifier:
+        hard = (f"; on the {classifier['hard_test_rows']} hard ones {classifier['heldout_accuracy_hard']}, string "
+                f"matching {classifier['string_match_heldout_accuracy_hard']}"
+                if classifier.get("heldout_accuracy_hard") is not None else "")
         lines.append(f"refusals: {classifier['name']} — held-out accuracy {classifier['heldout_accuracy']} on "
                      f"{classifier['test_rows']} labelled replies (string matching alone: "
-                     f"{classifier['string_match_heldout_accuracy']})")
+                     f"{classifier['string_match_heldout_accuracy']}{hard})")
     return lines
 
 
