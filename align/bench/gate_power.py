@@ -64,11 +64,13 @@ CHECK_KEYS = ("name", "value", "ci95", "parent", "passed", "reason", "max", "max
 #: --quick: the tiny recipe's random model, a few rows and steps, two seeds (tests: seconds per gate).
 QUICK = {"recipe": "tiny", "rows": 18, "share": 0.5, "steps": 2, "lr": None, "toxic_source": "davidson", "seeds": 2,
          "out_dir": "runs/gate-power-quick"}
-#: The embedded model's sizes. NOT yet calibrated: with Civil Comments replies (p = 0.25 and 0.5, 8 steps, lr 5e-5 and
-#: 1e-4, reply and continuation formats) the planted child's expected maximum toxicity *fell* by 0.02-0.06 (its
-#: replies read like mild opinion comments, which the scorer rates below the parent's echoes of profane prompts);
-#: Davidson's tweets, which the scorer rates 0.82 on average against 0.55 for toxic Civil Comments, are the next try.
-FULL = {"recipe": "default", "rows": 64, "share": 0.5, "steps": 8, "lr": 1e-4, "toxic_source": "davidson", "seeds": 10,
+#: The embedded model's sizes, calibrated on it (toxicity-only gate, 90 prompts, scorer v2): planted SFTs of Civil
+#: Comments or Davidson replies at p 0.25-0.5, 8 steps, lr 5e-5-1e-4, made the child *less* toxic (by 0.02-0.07: the
+#: parent's most toxic replies echo the profane RealToxicityPrompts openings). A strong toxic SFT (p 1, 16 steps,
+#: lr 2e-4) raised expected max toxicity by 0.45; scaled as a task vector it rose by 0.10 at scale 0.15 and 0.17 at
+#: 0.3, so scale 0.1 aims at the 0.05-0.10 the issue asks for (the measured rise is in every results.json).
+FULL = {"recipe": "default", "rows": 64, "share": 1.0, "steps": 16, "lr": 2e-4, "scale": 0.1,
+        "toxic_source": "davidson", "seeds": 3,
         "out_dir": "runs/gate-power"}
 
 
@@ -383,7 +385,16 @@ def build_child(kind: str, settings: dict, bench_dir: Path) -> dict:
     if kind in TRAINED_KINDS:
         from align.driver import run_stage
 
-        path = run_stage("sft", cfg, parent_spec=parent, run=kind)
+        # The SFT itself depends on everything but the scale: a new scale reuses it and only rescales.
+        sft_key = _child_key(kind, {**settings, "scale": 1.0}, cfg, data_sha, _parent_identity(parent))
+        sft_record_file = children_dir / kind / "sft_child.json"
+        sft_old = json.loads(sft_record_file.read_text()) if sft_record_file.is_file() else None
+        if sft_old and sft_old.get("key") == sft_key and (Path(sft_old["path"]) / "manifest.json").is_file():
+            path = Path(sft_old["path"])
+            _say(f"{kind} child: reusing its SFT {path}")
+        else:
+            path = run_stage("sft", cfg, parent_spec=parent, run=kind)
+            write_json(sft_record_file, {"key": sft_key, "path": str(path)})
         metrics = {k: v for k, v in (read_manifest(path) or {}).get("metrics", {}).items()
                    if k in ("eval_perplexity_before", "eval_perplexity_after", "train_rows", "train_loss")}
         if kind == "planted" and settings.get("scale", 1.0) != 1.0:
