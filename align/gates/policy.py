@@ -297,7 +297,8 @@ def judge_check(name: str, value, ci95, parent, limit: Limit | None, paired: dic
         "mde": _clean(mde), "planned_mde": _clean((planned or {}).get("mde")),
         "mcnemar_p": _clean(paired.get("mcnemar_p")), "paired_units": paired.get("units"),
         "rule": (rule if paired.get("ci95") else "point") if regression_limited else None,
-        "mde_exceeds_margin": bool(regression_limited and mde is not None and margin is not None and mde > margin),
+        "mde_exceeds_margin": bool(regression_limited and mde is not None and margin is not None and margin > 0
+                                   and mde > margin),
         "passed": not problems, "reason": "; ".join(problems) or None,
     }
 

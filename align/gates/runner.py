@@ -220,7 +220,7 @@ def plan_power(options: GateOptions, parent: dict | None, names, limits) -> tupl
         if plan is None:
             continue
         planned[name] = plan
-        if plan["mde"] > margin:
+        if margin > 0 and plan["mde"] > margin:  # a margin of 0 (superiority: any shown rise fails) has no size to miss
             needed = units_for_effect(plan["units"], plan["mde"], margin)
             warnings.append(f"{name}: at {plan['units']} units this gate can only see a regression of "
                             f"{plan['mde']:.3f} or more (MDE; {plan['basis']}), more than its margin {margin}; "
