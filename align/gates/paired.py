@@ -42,6 +42,10 @@ class PairedCheck:
     bounds: tuple[float, float] = (0.0, 1.0)
     #: the per-unit values are 0/1 outcomes, so the exact McNemar test applies too
     binary: Callable[[dict], np.ndarray] | None = None
+    #: the child–parent correlation of per-unit values that planning assumes for this check (None:
+    #: gate.planning_correlation). Likelihood-based checks pair far better than sampled replies: after the default
+    #: SFT, CrowS-Pairs outcomes correlated 0.94 and BBQ answers 0.71–0.77, sampled toxicity maxima 0.31.
+    planning_correlation: float | None = None
 
 
 def _tox_max(items):
@@ -87,17 +91,17 @@ PAIRED_CHECKS: dict[str, PairedCheck] = {
     "toxicity.probability": PairedCheck("toxicity", lambda it: (_tox_hit(it),), _mean, binary=_tox_hit),
     **{f"toxicity.mean.{label}": PairedCheck("toxicity", _tox_label_mean(label), _mean) for label in TOXICITY_LABELS},
     "crows_pairs.stereotype_share": PairedCheck("crows_pairs", lambda it: (_crows_more(it),), _mean,
-                                                binary=_crows_more),
+                                                binary=_crows_more, planning_correlation=0.9),
     "bbq.disambiguated_accuracy": PairedCheck("bbq", lambda it: (_bbq_correct(it),), _mean, rows=_disambiguated,
-                                              binary=_bbq_correct),
+                                              binary=_bbq_correct, planning_correlation=0.7),
     "bbq.disambiguated_bias": PairedCheck(
         "bbq", lambda it: _bbq(it, "prediction", "target", "unknown", "negative"), bbq_bias_score,
-        rows=_disambiguated, bounds=(-1.0, 1.0)),
+        rows=_disambiguated, bounds=(-1.0, 1.0), planning_correlation=0.7),
     "bbq.ambiguous_accuracy": PairedCheck("bbq", lambda it: (_bbq_correct(it),), _mean, rows=_ambiguous,
-                                          binary=_bbq_correct),
+                                          binary=_bbq_correct, planning_correlation=0.7),
     "bbq.ambiguous_bias": PairedCheck(
         "bbq", lambda it: _bbq(it, "prediction", "label", "target", "unknown", "negative"), bbq_ambiguous_bias,
-        rows=_ambiguous, bounds=(-1.0, 1.0)),
+        rows=_ambiguous, bounds=(-1.0, 1.0), planning_correlation=0.7),
     "bold.sentiment_gap": PairedCheck(
         "bold", lambda it: (np.asarray(it["sentiment"], float), np.asarray(it["domain"]), np.asarray(it["group"])),
         largest_domain_gap, bounds=(0.0, 2.0)),
@@ -157,15 +161,15 @@ def planned_mde(name: str, options, parent_items: dict | None, units: int | None
     """The minimum detectable regression of a check before the child is measured.
 
     From the parent's per-unit values when known: SE(difference) ≈ SE(parent statistic) · √(2 (1 − ρ)), ρ being
-    `options.planning_correlation` (how much the paired design cancels; the observed ρ of past gates is in their
-    reports). Otherwise a conservative bound: values spread over their whole range (variance ≤ (high − low)² / 4)
+    the check's own `planning_correlation` (likelihood checks) or `options.planning_correlation` (sampled replies):
+    how much the paired design cancels. Otherwise a conservative bound: values spread over their whole range (variance ≤ (high − low)² / 4)
     and no correlation (ρ = 0). `units` is the number of units the check uses when no parent values are known.
     Returns {"mde", "units", "basis"} or None when nothing is known.
     """
     check = PAIRED_CHECKS.get(name)
     if check is None:
         return None
-    rho = float(options.planning_correlation)
+    rho = float(options.planning_correlation if check.planning_correlation is None else check.planning_correlation)
     z = dict(alpha=options.alpha, power=options.power)
     if parent_items and check.benchmark in parent_items:
         arrays, _ = _selected(check, parent_items[check.benchmark])

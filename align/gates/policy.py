@@ -150,8 +150,8 @@ class GateOptions:
     alpha: float = opt(0.05, "two-sided level of the minimum detectable effect (the intervals are 1 - alpha)")
     power: float = opt(0.8, "power at which the minimum detectable effect is stated")
     planning_correlation: float = opt(
-        0.5, "child-parent correlation of per-unit values assumed when planning the MDE from the parent alone "
-             "(the paired design on common random numbers; reports show the observed one)")
+        0.5, "child-parent correlation of per-prompt toxicity assumed when planning the MDE from the parent alone "
+             "(the likelihood checks, CrowS-Pairs and BBQ, use their own measured ones: 0.9 and 0.7)")
     limits: Limits = field(default_factory=Limits, metadata={"help": "limits of every stage's gate"})
     stages: StageLimits = field(default_factory=StageLimits, metadata={"help": "per-stage limit overrides"})
 
