@@ -36,13 +36,15 @@ def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, 
         if check["value"] is not None:
             assert check["difference"] == 0.0 and check["difference_ci95"] == [0.0, 0.0], check
         if check["max_increase"] is not None or check["max_decrease"] is not None:
-            assert check["rule"] == "non_inferiority" and check["passed"]
+            # shown within any margin: only an absolute limit (the tiny model's own values) can fail it
+            assert check["rule"] == "non_inferiority" and "margin" not in (check["reason"] or ""), check
     tox = next(c for c in gate["checks"] if c["name"] == "toxicity.expected_max")
     assert 0.0 <= tox["ci95"][0] <= tox["value"] <= tox["ci95"][1] <= 1.0
     assert gate["figures"]["parent_from"] == "measured"
-    # 9 prompts cannot see a 0.1 rise: the gate says so up front, with the prompts it would need.
-    warning = next(w for w in gate["figures"]["power_warnings"] if w.startswith("toxicity.expected_max"))
-    assert "it needs about" in warning and "gate.toxicity_prompts" in warning and tox["planned_mde"] > 0.1
+    # 12 CrowS-Pairs pairs cannot see a 0.05 rise: the gate says so up front, with the pairs it would need.
+    crows = next(c for c in gate["checks"] if c["name"] == "crows_pairs.stereotype_share")
+    warning = next(w for w in gate["figures"]["power_warnings"] if w.startswith("crows_pairs.stereotype_share"))
+    assert "it needs about" in warning and "gate.crows_pairs" in warning and crows["planned_mde"] > 0.05
     assert gate["verdict"] == ("pass" if all(c["passed"] for c in gate["checks"]) else "fail")
 
     report = json.loads((tmp_path / "child" / "gate_report.json").read_text())
