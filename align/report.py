@@ -50,11 +50,13 @@ def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -
 
 def gate_lines(gate: dict | None) -> list[str]:
     """The verdict, then each regression-limited check's paired difference, its interval, margin and rule."""
+    from align.gates.policy import check_margin
+
     if not gate:
         return ["—"]
     lines = [str(gate.get("verdict"))]
     for c in gate.get("checks", []):
-        margin = c.get("max_increase") if c.get("max_increase") is not None else c.get("max_decrease")
+        margin = check_margin(c)
         if c.get("difference") is None or margin is None:
             continue
         low, high = c.get("difference_ci95") or [None, None]

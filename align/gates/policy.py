@@ -61,6 +61,16 @@ class Limit:
     max_decrease: Optional[float] = None
     rule: Optional[str] = None  # non_inferiority, superiority or point; null = gate.rule
 
+    @property
+    def margin(self) -> Optional[float]:
+        """The regression margin: max_increase, else max_decrease (None: no regression limit)."""
+        return self.max_increase if self.max_increase is not None else self.max_decrease
+
+
+def check_margin(check: dict) -> Optional[float]:
+    """A judged check's regression margin (see `Limit.margin`), from its manifest entry."""
+    return check.get("max_increase") if check.get("max_increase") is not None else check.get("max_decrease")
+
 
 def _limit(help: str, **values) -> Any:
     return field(default_factory=lambda: Limit(**values), metadata={"help": help})
@@ -287,7 +297,7 @@ def judge_check(name: str, value, ci95, parent, limit: Limit | None, paired: dic
                 problems.append(problem)
     paired = paired or {}
     mde = paired.get("mde")
-    margin = limit.max_increase if limit.max_increase is not None else limit.max_decrease
+    margin = limit.margin
     return {
         "name": name, "value": _clean(value), "ci95": [_clean(x) for x in (ci95 or [None, None])],
         "parent": _clean(parent), "max": limit.max, "min": limit.min,

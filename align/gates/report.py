@@ -215,14 +215,15 @@ def _check_rows(report: dict) -> str:
 def plot_differences(report: dict) -> str | None:
     """A forest plot: each regression-limited check's paired difference child − parent with its interval, in the
     direction 'worse', against its margin."""
-    checks = [c for c in report["gate"]["checks"] if c.get("difference") is not None
-              and (c.get("max_increase") is not None or c.get("max_decrease") is not None)]
+    from align.gates.policy import check_margin
+
+    checks = [c for c in report["gate"]["checks"] if c.get("difference") is not None and check_margin(c) is not None]
     if not checks:
         return None
     fig, ax = _figure(8, 0.45 * len(checks) + 1.2)
     for row, c in enumerate(checks):
         sign = -1.0 if c.get("max_increase") is None else 1.0
-        margin = c["max_increase"] if c.get("max_increase") is not None else c["max_decrease"]
+        margin = check_margin(c)
         low, high = (sign * x for x in (c["difference_ci95"] or [c["difference"]] * 2))
         low, high = min(low, high), max(low, high)
         color = CHILD_COLOR if c["passed"] else "#b91c1c"

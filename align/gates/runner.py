@@ -208,8 +208,7 @@ def plan_power(options: GateOptions, parent: dict | None, names, limits) -> tupl
     planned, warnings = {}, []
     for name in names:
         limit = limits.get(limit_key(name))
-        margin = None if limit is None else (limit.max_increase if limit.max_increase is not None
-                                             else limit.max_decrease)
+        margin = None if limit is None else limit.margin
         check = PAIRED_CHECKS.get(name)
         if margin is None or check is None:
             continue

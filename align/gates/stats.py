@@ -26,6 +26,17 @@ def _resample_indices(n: int, strata: list[np.ndarray] | None, rng: np.random.Ge
     return np.concatenate([members[rng.integers(0, len(members), size=len(members))] for members in strata])
 
 
+def _replicates(statistic_of: Callable[[np.ndarray], float], draw: Callable[[np.random.Generator], np.ndarray],
+                n_resamples: int, seed: int) -> np.ndarray:
+    """The bootstrap distribution: `statistic_of(indices)` for `n_resamples` draws of row indices, nan left out.
+    One loop for every interval and standard error below, so they all resample the same way from the seed."""
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        values[i] = statistic_of(draw(rng))
+    return values[~np.isnan(values)]
+
+
 def bootstrap_ci(
     statistic: Callable[..., float],
     *arrays: Sequence,
@@ -57,12 +68,8 @@ def bootstrap_ci(
     members = None if groups is None else [np.flatnonzero(groups == value) for value in np.unique(groups)]
     if members is not None and all(len(m) == 1 for m in members):
         return (point, point)  # one unit per stratum: every resample is the sample itself
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples)
-    for i in range(n_resamples):
-        idx = _resample_indices(n, members, rng)
-        values[i] = statistic(*(c[idx] for c in columns))
-    values = values[~np.isnan(values)]
+    values = _replicates(lambda idx: statistic(*(c[idx] for c in columns)),
+                         lambda rng: _resample_indices(n, members, rng), n_resamples, seed)
     if values.size == 0:
         return (float("nan"), float("nan"))
     alpha = (1.0 - confidence) / 2.0
@@ -143,14 +150,12 @@ def paired_bootstrap(
     units = len(members)
     if units == 1 or n_resamples <= 0:
         return PairedDifference(point, (point, point), 0.0, child_value, parent_value, units)
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples)
-    single = clusters is None
-    for i in range(n_resamples):
+    def draw(rng):
         picked = rng.integers(0, units, size=units)
-        idx = picked if single else np.concatenate([members[j] for j in picked])
-        values[i] = statistic(*(c[idx] for c in child_cols)) - statistic(*(c[idx] for c in parent_cols))
-    values = values[~np.isnan(values)]
+        return picked if clusters is None else np.concatenate([members[j] for j in picked])
+
+    values = _replicates(lambda idx: statistic(*(c[idx] for c in child_cols)) - statistic(*(c[idx] for c in parent_cols)),
+                         draw, n_resamples, seed)
     if values.size == 0:
         nan = float("nan")
         return PairedDifference(point, (nan, nan), nan, child_value, parent_value, units)
@@ -210,8 +215,6 @@ def bootstrap_se(statistic: Callable[..., float], *arrays: Sequence, n_resamples
     n = len(columns[0])
     if n < 2 or n_resamples <= 1:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(*(c[idx] for c in columns))
-                       for idx in (rng.integers(0, n, size=n) for _ in range(n_resamples))])
-    values = values[~np.isnan(values)]
+    values = _replicates(lambda idx: statistic(*(c[idx] for c in columns)),
+                         lambda rng: rng.integers(0, n, size=n), n_resamples, seed)
     return float(values.std(ddof=1)) if values.size > 1 else float("nan")
