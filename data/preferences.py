@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from align.config import TrainOptions, opt
+from align.config import ALL_OR_POSITIVE, TrainOptions, opt
 from align.errors import ConfigError, DataError
 from data.registry import Rows, check_messages, load_rows
 
@@ -41,10 +41,11 @@ class PreferenceTrainOptions(TrainOptions):
                                    "or labels:<label store path or URL>")
     eval_data: str | None = opt(None, "held-out preference data (default: the test split of `data`)")
     on_bad_rows: str = opt("drop", "rows that are ties, identical, empty or malformed: drop (reported with their "
-                                   "row numbers) or refuse (stop at the first, naming it)")
+                                   "row numbers) or refuse (stop at the first, naming it)",
+                               choices=("drop", "refuse"))
     max_prompt_length: int = opt(-1, "prompt token budget: the earliest turns of a longer prompt are left out (the "
                                      "last user turn always stays), like DeepSpeed-Chat's max_prompt_seq_len; "
-                                     "-1 keeps every turn")
+                                     "-1 keeps every turn", **ALL_OR_POSITIVE)
 
 
 def _as_messages(value, role: str):

@@ -16,24 +16,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from align.config import opt
+from align.config import POSITIVE, SHARE, opt
 from data.preferences import PreferenceTrainOptions
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL's DPOConfig.loss_type
 
 
 @dataclass
 class Options(PreferenceTrainOptions):
-    beta: float = opt(0.1, "strength of the pull towards the parent (higher = stay closer); IPO's tau")
+    beta: float = opt(0.1, "strength of the pull towards the parent (higher = stay closer); IPO's tau",
+                       above=0)
     loss_type: str = opt("sigmoid", "DPO loss: sigmoid, ipo, hinge, robust, ... (TRL's names; comma-separated to "
-                                    "combine, e.g. sigmoid,sft)")
-    label_smoothing: float = opt(0.0, "share of labels assumed flipped (robust / exo_pair losses)")
+                                    "combine, e.g. sigmoid,sft)", choices=LOSS_TYPES, sep=",")
+    label_smoothing: float = opt(0.0, "share of labels assumed flipped (robust / exo_pair losses)",
+                                **SHARE)
     precompute_ref_log_probs: bool = opt(False, "compute the parent's log-probs once before training (faster steps)")
     reward_model: str = opt("auto", "reward model judging the win rate vs the parent: a folder, `auto` (the "
                                     "promoted rm of the same run, if any) or `none`")
-    eval_prompts: int = opt(32, "held-out prompts both the child and the parent answer (win rate, KL, length)")
-    eval_max_new_tokens: int = opt(64, "reply length cap when sampling for the comparison")
-    eval_temperature: float = opt(1.0, "sampling temperature for the comparison (1.0: KL estimates the true KL)")
+    eval_prompts: int = opt(32, "held-out prompts both the child and the parent answer (win rate, KL, length)",
+                            min=0)
+    eval_max_new_tokens: int = opt(64, "reply length cap when sampling for the comparison", **POSITIVE)
+    eval_temperature: float = opt(1.0, "sampling temperature for the comparison (1.0: KL estimates the true KL)",
+                                    above=0)
 
 
 def run(ctx) -> dict:

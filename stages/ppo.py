@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from align.config import TrainOptions, opt
+from align.config import ALL_OR_POSITIVE, POSITIVE, SHARE, TrainOptions, opt
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 # One process only for now: every process would sample the same prompts and write the same checkpoints.
@@ -37,43 +37,48 @@ class Options(TrainOptions):
     reward: Optional[str] = opt(None, "reward model: an rm stage folder (default: the rm of the parent's run, else "
                                       "the latest promoted rm)")
     # Rollouts.
-    batch_size: int = opt(16, "prompts per rollout (one PPO step)")
-    max_new_tokens: int = opt(48, "longest reply sampled; a reply that does not end by then counts as unfinished")
-    temperature: float = opt(0.7, "sampling temperature; training log-probs use the same (N-details)")
-    max_length: int = opt(320, "prompt + reply tokens; longer prompts are left out")
+    batch_size: int = opt(16, "prompts per rollout (one PPO step)", **POSITIVE)
+    max_new_tokens: int = opt(48, "longest reply sampled; a reply that does not end by then counts as unfinished",
+                              **POSITIVE)
+    temperature: float = opt(0.7, "sampling temperature; training log-probs use the same (N-details)", above=0)
+    max_length: int = opt(320, "prompt + reply tokens; longer prompts are left out", **POSITIVE)
     max_prompt_length: int = opt(-1, "prompt token budget: the earliest turns of a longer prompt are left out (the "
-                                     "last user turn always stays), for training and held-out prompts; -1 = all")
+                                     "last user turn always stays), for training and held-out prompts; -1 = all",
+                                 **ALL_OR_POSITIVE)
     # Rewards.
     normalize_reward: bool = opt(True, "normalise the RM score to mean 0 / std 1 on the initial policy's replies "
                                        "(Ziegler et al. 2019)")
-    reward_clip: float = opt(0.0, "clip the (normalised) score to [-c, c]; 0 = off")
+    reward_clip: float = opt(0.0, "clip the (normalised) score to [-c, c]; 0 = off", min=0.0)
     whiten_rewards: bool = opt(False, "whiten the per-token rewards of each rollout (N-details option)")
     missing_eos_score: Optional[float] = opt(-1.0, "score of a reply that never ends (N-details); null = off")
     length_penalty: float = opt(0.0, "subtract this times the reply's token count from its score")
     toxicity_penalty: float = opt(0.0, "subtract this times P(toxic) from the gates' scorer; 0 = off")
     toxicity_model: str = opt("offline", "toxicity scorer for the penalty (see `align.run toxicity-model`)")
     # KL to the reference.
-    kl_coef: float = opt(0.05, "initial KL coefficient beta")
+    kl_coef: float = opt(0.05, "initial KL coefficient beta", min=0.0)
     adaptive_kl: bool = opt(True, "adapt beta towards kl_target (Ziegler et al. 2019); false = fixed beta")
-    kl_target: float = opt(6.0, "target KL per reply, in nats (Ziegler et al. 2019)")
-    kl_horizon: float = opt(10000.0, "the adaptive controller's horizon, in replies (Ziegler et al. 2019)")
-    kl_estimator: str = opt("k1", "per-token KL estimate in the reward: k1 (log ratio), k3, abs, mse")
+    kl_target: float = opt(6.0, "target KL per reply, in nats (Ziegler et al. 2019)", above=0)
+    kl_horizon: float = opt(10000.0, "the adaptive controller's horizon, in replies (Ziegler et al. 2019)",
+                              above=0)
+    kl_estimator: str = opt("k1", "per-token KL estimate in the reward: k1 (log ratio), k3, abs, mse",
+                            choices=("k1", "k3", "abs", "mse"))
     # PPO.
     value_model: str = opt("head", "value function: head (a head on the policy) or rm (separate, initialised "
-                                   "from the reward model, as InstructGPT)")
-    ppo_epochs: int = opt(4, "passes over each rollout")
-    mini_batch_size: int = opt(8, "replies per gradient step (split into grad_accum micro-batches)")
-    gamma: float = opt(1.0, "discount")
-    lam: float = opt(0.95, "GAE lambda")
-    clip_range: float = opt(0.2, "PPO ratio clip")
-    clip_range_value: float = opt(0.2, "value clip around the rollout's values")
-    vf_coef: float = opt(0.1, "value loss weight")
-    adam_eps: float = opt(1e-5, "Adam epsilon (N-details)")
-    lr: float = opt(1e-5, "peak learning rate")
+                                   "from the reward model, as InstructGPT)", choices=("head", "rm"))
+    ppo_epochs: int = opt(4, "passes over each rollout", **POSITIVE)
+    mini_batch_size: int = opt(8, "replies per gradient step (split into grad_accum micro-batches)", **POSITIVE)
+    gamma: float = opt(1.0, "discount", **SHARE)
+    lam: float = opt(0.95, "GAE lambda", **SHARE)
+    clip_range: float = opt(0.2, "PPO ratio clip", above=0)
+    clip_range_value: float = opt(0.2, "value clip around the rollout's values", above=0)
+    vf_coef: float = opt(0.1, "value loss weight", min=0.0)
+    adam_eps: float = opt(1e-5, "Adam epsilon (N-details)", above=0)
+    lr: float = opt(1e-5, "peak learning rate", above=0)
     lr_scheduler: str = opt("linear", "learning-rate schedule (linear decay to 0, as N-details)")
-    warmup_ratio: float = opt(0.0, "share of updates spent warming up")
-    eval_temperature: float = opt(1.0, "sampling temperature of the comparison with the parent (DPO uses the same)")
-    eval_max_new_tokens: int = opt(48, "reply length of the comparison with the parent")
+    warmup_ratio: float = opt(0.0, "share of updates spent warming up", **SHARE)
+    eval_temperature: float = opt(1.0, "sampling temperature of the comparison with the parent (DPO uses the same)",
+                                    above=0)
+    eval_max_new_tokens: int = opt(48, "reply length of the comparison with the parent", **POSITIVE)
 
 
 def run(ctx) -> dict:
