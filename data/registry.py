@@ -69,21 +69,33 @@ def catalog() -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------------- reading
 
 
-def _read_file(path: Path) -> list:
+def _read_file(path: Path) -> tuple[list, list[int]]:
+    """The rows of a file and each one's row number: its line in a JSONL file (blank lines counted, so every
+    error names the line an editor shows), its position elsewhere."""
+    rows, numbers = _read_rows(path)
+    return rows, numbers if numbers is not None else list(range(1, len(rows) + 1))
+
+
+def _read_rows(path: Path) -> tuple[list, list[int] | None]:
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.gz")):
             opener = gzip.open if name.endswith(".gz") else open
-            rows = []
-            with opener(path, "rt", encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
+            rows, numbers = [], []
+            with opener(path, "rb") as handle:
+                for number, raw in enumerate(handle, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise DataError(path, number, None, "not UTF-8 text") from None
                     if not line.strip():
                         continue
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as exc:
                         raise DataError(path, number, None, f"not valid JSON: {exc.msg}") from None
-            return rows
+                    numbers.append(number)
+            return rows, numbers
         if name.endswith(".json"):
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -93,20 +105,21 @@ def _read_file(path: Path) -> list:
                 data = data["data"]
             if not isinstance(data, list):
                 raise DataError(path, None, None, "a JSON dataset must be a list of rows (or {\"data\": [...]})")
-            return data
+            return data, None
         if name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(path).to_pylist(), None
         if name.endswith(".csv"):
             import pandas as pd
 
             frame = pd.read_csv(path)
-            return [{k: _maybe_json(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
-    except (OSError, ValueError) as exc:
+            return [{k: _maybe_json(v) for k, v in row.items()} for row in frame.to_dict(orient="records")], None
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: a truncated .gz
         if isinstance(exc, DataError):
             raise
-        raise DataError(path, None, None, f"cannot read: {exc}") from None
+        what = "cut off (truncated)" if isinstance(exc, EOFError) else "cannot read"
+        raise DataError(path, None, None, f"{what}: {exc}".splitlines()[0]) from None
     raise DataError(path, None, None, "unknown file type: use .jsonl, .jsonl.gz, .json, .parquet or .csv")
 
 
@@ -139,8 +152,8 @@ def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str
         path = DATA_DIR / entry["files"][split]
         from align.runs import sha256_file
 
-        rows = _read_file(path)
-        return rows, str(path.relative_to(DATA_DIR.parent)), sha256_file(path), list(range(1, len(rows) + 1))
+        rows, numbers = _read_file(path)
+        return rows, str(path.relative_to(DATA_DIR.parent)), sha256_file(path), numbers
     if spec.startswith("labels:"):
         from data.store import open_store
 
@@ -161,8 +174,8 @@ def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str
             raise DataError(spec, None, None, "file not found")
         from align.runs import sha256_file
 
-        rows = _read_file(path)
-        numbered = _holdout(list(enumerate(rows, 1)), split)
+        rows, numbers = _read_file(path)
+        numbered = _holdout(list(zip(numbers, rows)), split)  # every 10th row held out, counted without blanks
         return [r for _, r in numbered], str(path), sha256_file(path), [n for n, _ in numbered]
     return _read_hub(spec, split)
 
