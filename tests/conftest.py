@@ -46,6 +46,31 @@ def small_scorer(tmp_path_factory) -> str:
     return str(build_offline_checkpoint(folder, max_steps=1, max_train_rows=16, eval_rows=8, progress=False))
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real, throwaway PostgreSQL server for the whole session (see tests/postgres.py). Where none can be
+    started the tests that need it skip with the reason, or fail when ALIGN_REQUIRE_POSTGRES=1 (as in CI)."""
+    from tests import postgres
+
+    reason = postgres.unavailable_reason()
+    if reason:
+        if os.environ.get(postgres.REQUIRE_ENV) == "1":
+            pytest.fail(f"{postgres.REQUIRE_ENV}=1 but no PostgreSQL server can be started: {reason}")
+        pytest.skip(reason)
+    server = postgres.start_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def label_db(request, tmp_path) -> str:
+    """Where a fresh, empty label store lives: a SQLite file path, or the URL of a new database on the session's
+    PostgreSQL server. A test taking it runs once on each."""
+    if request.param == "sqlite":
+        return str(tmp_path / "labels.sqlite")
+    return request.getfixturevalue("postgres_server").new_database()
+
+
 @pytest.fixture(autouse=True)
 def torch_threads(request):
     """One torch thread for tests on the tiny model (see OMP_NUM_THREADS above); every core for the slow ones."""
