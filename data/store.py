@@ -2,9 +2,8 @@
 
 SQLAlchemy Core over SQLite by default (one file, WAL mode, foreign keys on, a busy timeout,
 ``synchronous=FULL`` so a committed label survives a killed process or a power cut). A database
-URL (``postgresql://user:password@host:5432/db``, through psycopg 3: the ``postgres`` extra)
-points a team at a server instead: the data-access methods below use only portable SQL; what
-differs per database lives in `_sqlite_engine` and `_postgres_engine` alone.
+URL (``postgresql+psycopg://user@host/db``) points a team at a server instead: the data-access
+methods below use only portable SQL; the SQLite tuning lives in `_sqlite_engine` alone.
 
     store = open_store("runs/demo/labels.sqlite")
     store.add_items(prompts, replies_per_prompt, model="runs/demo/sft")
@@ -22,6 +21,7 @@ store is opened. How rankings become preference rows (the consensus rule) is in 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -41,6 +41,8 @@ from data.labels import FLAG_NAMES, RankedLabel, RankingError, agreement, consen
 
 ROLES = ("annotator", "admin")
 DEFAULT_HOLD_SECONDS = 15 * 60
+MIN_PASSWORD_LENGTH = 8
+FEEDBACK_AUTH = ("login", "none")  # how a chat feedback row's user was identified: an account, or --no-auth
 
 # --------------------------------------------------------------------------------------- schema
 metadata = sa.MetaData()
@@ -113,6 +115,7 @@ feedback = sa.Table(
     sa.Column("user", sa.String(100)),
     sa.Column("model", sa.String(500)),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("auth", sa.String(20)),  # FEEDBACK_AUTH; NULL on rows from before schema version 3
 )
 
 
@@ -127,7 +130,13 @@ def _v2_feedback(conn: Connection) -> None:
     feedback.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core_tables, _v2_feedback]
+def _v3_feedback_auth(conn: Connection) -> None:
+    """Version 3: each feedback row says how its user was identified (a login, or none)."""
+    if "auth" not in {column["name"] for column in sa.inspect(conn).get_columns("feedback")}:
+        conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN auth VARCHAR(20)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core_tables, _v2_feedback, _v3_feedback_auth]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -163,10 +172,15 @@ class Label:
 
 
 # ------------------------------------------------------------------------------------- passwords
+class AssignmentError(AlignError):
+    """A label for an item that was not given to its annotator, or past the item's quota."""
+
+
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """scrypt with a random salt, as ``scrypt$n$r$p$salt_hex$hash_hex``."""
-    if not password:
-        raise AlignError("a password must not be empty")
+    """scrypt with a random salt, as ``scrypt$n$r$p$salt_hex$hash_hex``. Refuses a password shorter
+    than `MIN_PASSWORD_LENGTH`."""
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AlignError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     salt = salt or secrets.token_bytes(16)
     n, r, p = 2**14, 8, 1
     digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
@@ -186,21 +200,19 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(candidate.hex(), digest)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash no password matches, checked for unknown names so they cost the same scrypt run as known ones."""
+    return hash_password(secrets.token_hex(16))
+
+
 # ---------------------------------------------------------------------------------------- engine
-POSTGRES_DRIVER = "postgresql+psycopg"  # psycopg 3: `pip install "align[postgres]"`
-_WRITE_LOCK_KEY = 0x616C69676E  # the PostgreSQL advisory lock every write transaction takes ("align")
-
-
 def store_url(url_or_path: str | os.PathLike) -> str:
-    """A database URL as given (``postgresql://`` and ``postgres://`` use psycopg 3), or
-    ``sqlite:///<absolute path>`` for a file path."""
+    """A database URL as given, or ``sqlite:///<absolute path>`` for a file path."""
     text = str(url_or_path)
-    if "://" not in text:
-        return f"sqlite:///{Path(text).expanduser().resolve()}"
-    scheme, rest = text.split("://", 1)
-    if scheme in ("postgresql", "postgres"):
-        return f"{POSTGRES_DRIVER}://{rest}"
-    return text
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
 def _create_private(path: Path) -> None:
@@ -235,56 +247,15 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def _postgres_engine(url: str) -> Engine:
-    """PostgreSQL (psycopg 3) at READ COMMITTED, with write transactions serialized as on SQLite:
-    each takes one transaction-level advisory lock first, so a write sees every write committed
-    before it (the counterpart of BEGIN IMMEDIATE; label-store writes are few and short).
-    A server that does not answer fails after 10 s rather than hanging."""
-    connect_args = {} if "connect_timeout" in sa.engine.make_url(url).query else {"connect_timeout": 10}
-    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32, connect_args=connect_args)
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn):
-        if conn.get_execution_options().get("align_write"):
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK_KEY})")
-
-    return engine
-
-
-def create_store_engine(url_or_path: str | os.PathLike) -> Engine:
-    """The engine for a store path or URL: `_sqlite_engine`, `_postgres_engine`, or SQLAlchemy's
-    defaults for another database. A bad URL or a missing driver is an AlignError."""
-    url = store_url(url_or_path)
-    shown = str(url_or_path)
-    try:
-        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
-        if url.startswith("sqlite"):
-            return _sqlite_engine(url)
-        if url.startswith("postgresql"):
-            return _postgres_engine(url)
-        return sa.create_engine(url, pool_pre_ping=True)
-    except (ModuleNotFoundError, sa.exc.NoSuchModuleError) as error:
-        hint = ' (pip install "align[postgres]")' if url.startswith("postgresql") else ""
-        raise AlignError(f"label store {shown}: the database driver is not installed{hint}: {error}") from error
-    except (sa.exc.ArgumentError, ValueError) as error:
-        raise AlignError(f"label store {shown}: not a usable path or database URL ({error})") from error
-    except OSError as error:  # the SQLite file's folder cannot be made
-        raise AlignError(f"label store {shown}: cannot create its folder ({error.strerror or error})") from error
-
-
-def connection_error_line(error: BaseException) -> str:
-    """The driver's reason for a failed connection, on one line (no FATAL prefixes, no hints)."""
-    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    reason = reason.removeprefix("connection failed: ").replace("FATAL:  ", "")
-    return reason
-
-
 def open_store(url_or_path: str | os.PathLike, *, annotators_per_item: int = 1,
                hold_seconds: float = DEFAULT_HOLD_SECONDS, migrate: bool = True) -> "LabelStore":
-    """Open (creating and migrating as needed) the label store at a file path or database URL.
-    A database that cannot be reached (host, port, password, database name) is an AlignError."""
-    store = LabelStore(create_store_engine(url_or_path), annotators_per_item=annotators_per_item,
-                       hold_seconds=hold_seconds)
+    """Open (creating and migrating as needed) the label store at a file path or database URL."""
+    url = store_url(url_or_path)
+    try:
+        engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as error:
+        raise AlignError(f"label store {url_or_path}: cannot open ({error})") from error
+    store = LabelStore(engine, annotators_per_item=annotators_per_item, hold_seconds=hold_seconds)
     if migrate:
         store.migrate()
     return store
@@ -342,21 +313,15 @@ class LabelStore:
         return f"LabelStore({self.url!r})"
 
     # -- transactions
-    def _connect(self) -> Connection:
-        try:
-            return self.engine.connect()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-            raise AlignError(f"label store {self.url}: cannot connect: {connection_error_line(error)}") from error
-
     @contextlib.contextmanager
     def _read(self):
-        with self._connect() as conn:
+        with self.engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def _write(self):
-        """One write transaction, holding the write lock from the start (see the engines above)."""
-        with self._write_lock, self._connect() as conn:
+        """One write transaction (on SQLite it holds the write lock from the start)."""
+        with self._write_lock, self.engine.connect() as conn:
             conn.execution_options(align_write=True)
             with conn.begin():
                 yield conn
@@ -439,27 +404,40 @@ class LabelStore:
             return conn.scalar(sa.select(sa.func.count()).select_from(items))
 
     # -- annotators
-    def add_annotator(self, name: str, password: str, role: str = "annotator", *, replace: bool = False) -> None:
-        """Create an account (or, with `replace`, reset its password and role). Stores a scrypt hash."""
+    def add_annotator(self, name: str, password: str, role: str = "annotator") -> None:
+        """Create an account; an existing name is refused (`update_annotator` changes one). Stores a
+        scrypt hash; the password needs `MIN_PASSWORD_LENGTH` characters."""
         name = name.strip()
-        if not name:
-            raise AlignError("an annotator name must not be empty")
-        if role not in ROLES:
-            raise AlignError(f"role must be one of {ROLES}, got {role!r}")
-        values = {"password_hash": hash_password(password), "role": role}
+        if not name or len(name) > 100:
+            raise AlignError("an annotator name needs 1 to 100 characters")
+        values = {"password_hash": hash_password(password), "role": _check_role(role)}
         with self._write() as conn:
-            existing = conn.scalar(sa.select(annotators.c.id).where(annotators.c.name == name))
-            if existing is None:
-                conn.execute(annotators.insert().values(name=name, created_at=time.time(), **values))
-            elif replace:
-                conn.execute(annotators.update().where(annotators.c.id == existing).values(**values))
-            else:
-                raise AlignError(f"annotator {name!r} exists already (use replace to reset the password)")
+            if conn.scalar(sa.select(annotators.c.id).where(annotators.c.name == name)) is not None:
+                raise AlignError(f"annotator {name!r} exists already: to change it, give --reset-password "
+                                 "(a new password) and/or --set-role ROLE")
+            conn.execute(annotators.insert().values(name=name, created_at=time.time(), **values))
+
+    def update_annotator(self, name: str, *, password: str | None = None, role: str | None = None) -> None:
+        """Reset an existing account's password and/or change its role (what is not given is kept)."""
+        values = {}
+        if password is not None:
+            values["password_hash"] = hash_password(password)
+        if role is not None:
+            values["role"] = _check_role(role)
+        if not values:
+            raise AlignError(f"annotator {name!r}: nothing to change (give a new password or a role)")
+        with self._write() as conn:
+            conn.execute(annotators.update().where(annotators.c.id == self._annotator_id(conn, name)).values(**values))
 
     def check_password(self, name: str, password: str) -> bool:
+        """Whether `password` is `name`'s. An unknown name runs scrypt against a dummy hash, so the
+        time taken does not tell whether the name exists."""
         with self._read() as conn:
             stored = conn.scalar(sa.select(annotators.c.password_hash).where(annotators.c.name == name))
-        return stored is not None and verify_password(password, stored)
+        if stored is None:
+            verify_password(password, _dummy_hash())
+            return False
+        return verify_password(password, stored)
 
     def role(self, name: str) -> str | None:
         with self._read() as conn:
@@ -531,24 +509,29 @@ class LabelStore:
     # -- labels
     def submit(self, item_id: int, annotator: str, ranking: Sequence[Sequence[int]], *,
                all_unacceptable: bool = False, flags: Mapping[int, Sequence[str]] | None = None,
-               now: float | None = None) -> int:
+               now: float | None = None, assigned_only: bool = True) -> int:
         """Record `annotator`'s ranking of an item in one transaction; return the label id.
 
         `ranking` is tiers of reply ids, best first (a tier of several is a tie); it may be empty
         when `all_unacceptable`. `flags` maps reply id → names from `FLAG_NAMES`. A second submit
         for the same (item, annotator) replaces the first. The annotator's hold is released.
+        Only the annotator who holds the item (`next_item` gave it to them) or labeled it before
+        may submit, and a new label must fit the item's `annotators_per_item` quota: both checked
+        in the same transaction, else `AssignmentError`. `assigned_only=False` skips those checks
+        (importing labels collected elsewhere; the apps never pass it).
         Raises `RankingError` (a ValueError) for a ranking that does not fit the item.
         """
         now = time.time() if now is None else now
         for attempt in range(2):
             try:
-                return self._submit_once(item_id, annotator, ranking, bool(all_unacceptable), flags, now)
+                return self._submit_once(item_id, annotator, ranking, bool(all_unacceptable), flags, now,
+                                         assigned_only)
             except sa.exc.IntegrityError:
                 if attempt:  # two submits of the same label raced on a server database: retry as update
                     raise
         raise AssertionError("unreachable")
 
-    def _submit_once(self, item_id, annotator, ranking, all_unacceptable, flags, now) -> int:
+    def _submit_once(self, item_id, annotator, ranking, all_unacceptable, flags, now, assigned_only) -> int:
         with self._write() as conn:
             annotator_id = self._annotator_id(conn, annotator)
             reply_ids = list(conn.scalars(sa.select(replies.c.id).where(replies.c.item_id == item_id)))
@@ -558,6 +541,8 @@ class LabelStore:
             values = {"ranking_json": _dumps(tiers), "all_unacceptable": all_unacceptable, "updated_at": now}
             label_id = conn.scalar(sa.select(labels.c.id).where(labels.c.item_id == item_id,
                                                                labels.c.annotator_id == annotator_id))
+            if label_id is None and assigned_only:
+                self._check_assignment(conn, item_id, annotator_id, annotator)
             if label_id is None:
                 label_id = conn.execute(labels.insert().values(
                     item_id=item_id, annotator_id=annotator_id, created_at=now, **values)).inserted_primary_key[0]
@@ -570,6 +555,18 @@ class LabelStore:
                 conn.execute(reply_flags.insert(), flag_rows)
             conn.execute(holds.delete().where(holds.c.item_id == item_id, holds.c.annotator_id == annotator_id))
             return label_id
+
+    def _check_assignment(self, conn: Connection, item_id: int, annotator_id: int, annotator: str) -> None:
+        """A first label on an item needs the annotator's hold on it and a free place in its quota."""
+        held = conn.scalar(sa.select(sa.func.count()).select_from(holds).where(
+            holds.c.item_id == item_id, holds.c.annotator_id == annotator_id))
+        if not held:
+            raise AssignmentError(f"item {item_id} is not held by {annotator!r} (it was never given to them, or "
+                                  "their hold expired): label the item the app shows next")
+        n_labels = conn.scalar(sa.select(sa.func.count()).select_from(labels).where(labels.c.item_id == item_id))
+        if n_labels >= self.annotators_per_item:
+            raise AssignmentError(f"item {item_id} has all the {self.annotators_per_item} label(s) it needs "
+                                  "already: label the item the app shows next")
 
     def labels(self, item_id: int | None = None) -> list[Label]:
         """Stored labels (of one item, or all), oldest first, with their flags."""
@@ -676,18 +673,22 @@ class LabelStore:
 
     # -- chat feedback
     def add_feedback(self, conversation: Sequence[Mapping], reply: str, *, rating: str | None = None,
-                     rejected: str | None = None, user: str | None = None, model: str | None = None) -> int:
+                     rejected: str | None = None, user: str | None = None, model: str | None = None,
+                     auth: str | None = None) -> int:
         """Record chat feedback: a thumbs ``rating`` ("up"/"down") on `reply`, or a compare-mode
-        choice (`reply` chosen over `rejected`). `conversation` is the messages before the reply."""
+        choice (`reply` chosen over `rejected`). `conversation` is the messages before the reply.
+        `auth` says how `user` was identified: "login" (an account of this store) or "none"."""
         if rating not in (None, "up", "down"):
             raise AlignError(f"rating must be 'up', 'down' or None, got {rating!r}")
+        if auth not in (None, *FEEDBACK_AUTH):
+            raise AlignError(f"auth must be one of {FEEDBACK_AUTH} or None, got {auth!r}")
         if rating is None and rejected is None:
             raise AlignError("feedback needs a rating or a rejected reply")
         conversation = _check_prompt(list(conversation), "feedback", 1)
         with self._write() as conn:
             return conn.execute(feedback.insert().values(
                 conversation_json=_dumps(conversation), reply=reply, rating=rating, rejected=rejected,
-                user=user, model=model, created_at=time.time())).inserted_primary_key[0]
+                user=user, model=model, auth=auth, created_at=time.time())).inserted_primary_key[0]
 
     def feedback(self) -> list[dict]:
         """All chat feedback rows, oldest first."""
@@ -695,7 +696,7 @@ class LabelStore:
             rows = conn.execute(sa.select(feedback).order_by(feedback.c.id)).all()
         return [{"id": r.id, "conversation": json.loads(r.conversation_json), "reply": r.reply,
                  "rating": r.rating, "rejected": r.rejected, "user": r.user, "model": r.model,
-                 "created_at": r.created_at} for r in rows]
+                 "auth": r.auth, "created_at": r.created_at} for r in rows]
 
     def feedback_preferences(self) -> list[dict]:
         """Compare-mode choices from the chat UI as TRL preference rows (thumbs give no pairs)."""
@@ -705,4 +706,4 @@ class LabelStore:
 
 
 __all__ = ["open_store", "LabelStore", "Item", "Reply", "Label", "MIGRATIONS", "SCHEMA_VERSION", "FLAG_NAMES",
-           "RankingError", "hash_password", "verify_password", "store_url", "create_store_engine", "DEFAULT_HOLD_SECONDS"]
+           "RankingError", "AssignmentError", "hash_password", "verify_password", "store_url", "DEFAULT_HOLD_SECONDS"]

@@ -125,10 +125,11 @@ def test_label_store_pairs_load_through_the_labels_spec(tmp_path):
     try:
         ids = store.add_items([PROMPT, [{"role": "user", "content": "Say hi."}]],
                               [["Blue.", "Green.", "No."], ["Hi!", "Hello!"]], model="test")
-        store.add_annotator("ada", "secret")
+        store.add_annotator("ada", "secret-password")
         first, second = store.item(ids[0]), store.item(ids[1])
-        store.submit(first.id, "ada", [[first.replies[0].id], [first.replies[1].id], [first.replies[2].id]])
-        store.submit(second.id, "ada", [[r.id for r in second.replies]])  # a tie: no pair
+        store.submit(first.id, "ada", [[first.replies[0].id], [first.replies[1].id], [first.replies[2].id]],
+                     assigned_only=False)
+        store.submit(second.id, "ada", [[r.id for r in second.replies]], assigned_only=False)  # a tie: no pair
     finally:
         store.close()
     rows = load_preferences(f"labels:{path}", "train", on_bad="refuse")

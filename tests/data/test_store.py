@@ -1,18 +1,17 @@
-"""The label store on a real SQLite file and on a real PostgreSQL server (the `label_db` fixture runs each
-test on both): schema migrations, assignment and holds, idempotent submits, the consensus export, and
-agreement figures checked against hand-computed values."""
+"""The label store on a real SQLite file: schema migrations, assignment and holds, idempotent
+submits, the consensus export, and agreement figures checked against hand-computed values."""
 
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 
 import pytest
-import sqlalchemy as sa
 
 from align.errors import AlignError, DataError
 from data.labels import RankingError
-from data.store import SCHEMA_VERSION, LabelStore, create_store_engine, open_store
+from data.store import SCHEMA_VERSION, LabelStore, _sqlite_engine, open_store, store_url
 
 
 def user(text):
@@ -20,33 +19,27 @@ def user(text):
 
 
 @pytest.fixture
-def store(label_db):
-    s = open_store(label_db)
+def store(tmp_path):
+    s = open_store(tmp_path / "labels.sqlite")
     yield s
     s.close()
 
 
-def raw_rows(location, sql):
-    """Rows read straight from the database, past the store's API."""
-    engine = create_store_engine(location)
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
-
-
 def add_people(store, *names):
     for name in names:
-        store.add_annotator(name, f"pw-{name}")
+        store.add_annotator(name, f"pw-{name}-secret")
+
+
+def imported(store, item_id, name, ranking, **options):
+    """A label set down directly, as an import of labels collected elsewhere would (no hold, no quota)."""
+    return store.submit(item_id, name, ranking, assigned_only=False, **options)
 
 
 def reply_ids(store, item_id):
     return [r.id for r in store.item(item_id).replies]
 
 
-def test_sqlite_file_is_tuned(tmp_path):
-    store = open_store(tmp_path / "labels.sqlite")
+def test_sqlite_file_is_tuned(store, tmp_path):
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -54,50 +47,54 @@ def test_sqlite_file_is_tuned(tmp_path):
     assert store.version() == SCHEMA_VERSION
 
 
-def test_opening_an_older_version_migrates_it_and_keeps_its_rows(label_db):
-    path = label_db
-    old = LabelStore(create_store_engine(path))
+def test_opening_an_older_version_migrates_it_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old = LabelStore(_sqlite_engine(store_url(path)))
     assert old.migrate(target=1) == 1  # a file made by the first release: no feedback table
     [item_id] = old.add_items([user("hello")], [["a", "b"]], model="m")
-    old.add_annotator("ada", "pw")
-    old.submit(item_id, "ada", [[r] for r in reply_ids(old, item_id)])
+    old.add_annotator("ada", "pw-ada-secret")
+    old.submit(old.next_item("ada").id, "ada", [[r] for r in reply_ids(old, item_id)])
     old.close()
-    assert raw_rows(path, "select version from schema_version") == [(1,)]
-    engine = create_store_engine(path)
-    assert not sa.inspect(engine).has_table("feedback")
-    engine.dispose()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("select version from schema_version").fetchone() == (1,)
+        assert not raw.execute("select name from sqlite_master where name='feedback'").fetchall()
 
     store = open_store(path)
-    assert store.version() == SCHEMA_VERSION == 2
-    assert len(store.labels()) == 1 and store.check_password("ada", "pw")
-    store.add_feedback(user("hi"), "hello!", rating="up", user="ada")
-    assert store.feedback()[0]["rating"] == "up"
-    assert open_store(path).version() == 2  # opening again is a no-op
+    assert store.version() == SCHEMA_VERSION == 3
+    assert len(store.labels()) == 1 and store.check_password("ada", "pw-ada-secret")
+    store.add_feedback(user("hi"), "hello!", rating="up", user="ada", auth="login")
+    assert (store.feedback()[0]["rating"], store.feedback()[0]["auth"]) == ("up", "login")
+    assert open_store(path).version() == 3  # opening again is a no-op
 
 
-def test_a_newer_schema_is_refused(label_db):
-    path = label_db
-    store = open_store(path)
-    with store.engine.begin() as conn:
-        conn.exec_driver_sql("update schema_version set version = 99")
-    store.close()
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    open_store(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("update schema_version set version = 99")
     with pytest.raises(AlignError, match="newer than this align"):
         open_store(path)
 
 
-def test_passwords_are_stored_as_salted_hashes(store, label_db):
+def test_passwords_are_stored_as_salted_hashes(store, tmp_path):
     store.add_annotator("ada", "correct horse")
     store.add_annotator("bob", "correct horse", role="admin")
-    hashes = [h for (h,) in raw_rows(label_db, "select password_hash from annotators order by id")]
+    with sqlite3.connect(tmp_path / "labels.sqlite") as raw:
+        hashes = [h for (h,) in raw.execute("select password_hash from annotators")]
     assert all(h.startswith("scrypt$") and "correct horse" not in h for h in hashes)
     assert hashes[0] != hashes[1]  # salted
     assert store.check_password("ada", "correct horse") and not store.check_password("ada", "wrong")
     assert not store.check_password("nobody", "correct horse")
     assert store.role("bob") == "admin"
     with pytest.raises(AlignError, match="exists already"):
-        store.add_annotator("ada", "x")
-    store.add_annotator("ada", "new", replace=True)
-    assert store.check_password("ada", "new")
+        store.add_annotator("ada", "another password", role="admin")
+    assert store.check_password("ada", "correct horse") and store.role("ada") == "annotator"  # untouched
+    store.update_annotator("ada", password="battery staple")
+    assert store.check_password("ada", "battery staple") and store.role("ada") == "annotator"
+    store.update_annotator("bob", role="annotator")
+    assert store.check_password("bob", "correct horse") and store.role("bob") == "annotator"
+    with pytest.raises(AlignError, match="no annotator 'nobody'"):
+        store.update_annotator("nobody", role="admin")
 
 
 def test_add_items_is_resumable_and_checks_rows(store):
@@ -114,8 +111,8 @@ def test_add_items_is_resumable_and_checks_rows(store):
     assert store.count_items() == 3  # the failed batch added nothing
 
 
-def test_assignment_holds_and_annotators_per_item(label_db):
-    store = open_store(label_db, annotators_per_item=2, hold_seconds=60)
+def test_assignment_holds_and_annotators_per_item(tmp_path):
+    store = open_store(tmp_path / "s.sqlite", annotators_per_item=2, hold_seconds=60)
     store.add_items([user("one"), user("two")], [["a", "b"], ["c", "d"]])
     add_people(store, "ada", "bob", "cy")
     t = 1000.0
@@ -140,6 +137,7 @@ def test_submit_is_idempotent_per_item_and_annotator(store):
     store.add_items([user("q")], [["a", "b", "c"]])
     add_people(store, "ada")
     a, b, c = reply_ids(store, 1)
+    assert store.next_item("ada").id == 1
     first = store.submit(1, "ada", [[a], [b, c]], flags={c: ["toxic", "unsafe"]})
     second = store.submit(1, "ada", [[c], [b], [a]], flags={b: ["factually wrong"]})
     assert first == second
@@ -152,6 +150,7 @@ def test_concurrent_resubmits_store_one_label(store):
     store.add_items([user("q")], [["a", "b"]])
     add_people(store, "ada")
     a, b = reply_ids(store, 1)
+    store.next_item("ada")
     errors = []
 
     def submit():
@@ -173,6 +172,7 @@ def test_bad_rankings_are_refused_and_store_nothing(store):
     store.add_items([user("q")], [["a", "b", "c"]])
     add_people(store, "ada")
     a, b, c = reply_ids(store, 1)
+    store.next_item("ada")
     for ranking, message in [([[a], [b]], "missing"), ([[a], [b], [c], [a]], "twice"), ([[a], [b], [99]], "unknown")]:
         with pytest.raises(RankingError, match=message):
             store.submit(1, "ada", ranking)
@@ -192,16 +192,16 @@ def test_export_applies_the_consensus_rule(store):
                     [["x", "y", "z"], ["p", "q"], ["u", "v", "w"], ["s", "t"]])
     add_people(store, "ada", "bob", "cy")
     x, y, z = reply_ids(store, 1)
-    store.submit(1, "ada", [[x], [y], [z]])
-    store.submit(1, "bob", [[x], [z], [y]])
-    store.submit(1, "cy", [], all_unacceptable=True)  # counts as no preference on every pair
+    imported(store, 1, "ada", [[x], [y], [z]])
+    imported(store, 1, "bob", [[x], [z], [y]])
+    imported(store, 1, "cy", [], all_unacceptable=True)  # counts as no preference on every pair
     p, q = reply_ids(store, 2)
-    store.submit(2, "ada", [[p], [q]])
-    store.submit(2, "bob", [[p, q]])  # a tie: p>q has 1 of 2 votes, not a majority
+    imported(store, 2, "ada", [[p], [q]])
+    imported(store, 2, "bob", [[p, q]])  # a tie: p>q has 1 of 2 votes, not a majority
     u, v, w = reply_ids(store, 3)
-    store.submit(3, "cy", [[v], [u, w]])
+    imported(store, 3, "cy", [[v], [u, w]])
     s, t = reply_ids(store, 4)
-    store.submit(4, "ada", [[s], [t]], all_unacceptable=True)
+    imported(store, 4, "ada", [[s], [t]], all_unacceptable=True)
 
     rows = store.export_preferences()
     pairs = [(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
@@ -216,14 +216,14 @@ def test_agreement_matches_hand_computed_values(store):
     store.add_items([user("1"), user("2"), user("3")], [["a", "b", "c"], ["d", "e", "f"], ["g", "h"]])
     add_people(store, "ada", "bob", "cy")
     a, b, c = reply_ids(store, 1)
-    store.submit(1, "ada", [[a], [b], [c]])
-    store.submit(1, "bob", [[a], [c], [b]])  # agree on a>b, a>c; disagree on b vs c → 2/3; tau = (2-1)/3
-    store.submit(1, "cy", [], all_unacceptable=True)  # not a ranking: left out
+    imported(store, 1, "ada", [[a], [b], [c]])
+    imported(store, 1, "bob", [[a], [c], [b]])  # agree on a>b, a>c; disagree on b vs c → 2/3; tau = (2-1)/3
+    imported(store, 1, "cy", [], all_unacceptable=True)  # not a ranking: left out
     d, e, f = reply_ids(store, 2)
-    store.submit(2, "ada", [[d], [e, f]])
-    store.submit(2, "bob", [[d], [e], [f]])  # agree d>e, d>f; tie vs e>f disagrees → 2/3
+    imported(store, 2, "ada", [[d], [e, f]])
+    imported(store, 2, "bob", [[d], [e], [f]])  # agree d>e, d>f; tie vs e>f disagrees → 2/3
     g, h = reply_ids(store, 3)
-    store.submit(3, "ada", [[g], [h]])  # one annotator only: left out
+    imported(store, 3, "ada", [[g], [h]])  # one annotator only: left out
 
     figures = store.agreement()
     assert figures["items"] == 2 and figures["comparisons"] == 6
@@ -234,15 +234,15 @@ def test_agreement_matches_hand_computed_values(store):
     assert figures["per_annotator"] == {"ada": pytest.approx(4 / 6), "bob": pytest.approx(4 / 6)}
 
 
-def test_progress_counts(label_db):
-    store = open_store(label_db, annotators_per_item=2)
+def test_progress_counts(tmp_path):
+    store = open_store(tmp_path / "p.sqlite", annotators_per_item=2)
     store.add_items([user("1"), user("2")], [["a", "b"], ["c", "d"]])
     add_people(store, "ada", "bob")
     a, b = reply_ids(store, 1)
-    store.submit(1, "ada", [[a], [b]])
-    store.submit(1, "bob", [], all_unacceptable=True)
+    imported(store, 1, "ada", [[a], [b]])
+    imported(store, 1, "bob", [], all_unacceptable=True)
     c, d = reply_ids(store, 2)
-    store.submit(2, "ada", [[d], [c]])
+    imported(store, 2, "ada", [[d], [c]])
     figures = store.progress()
     assert (figures["items"], figures["items_started"], figures["items_complete"], figures["labels"],
             figures["labels_needed"]) == (2, 2, 1, 3, 4)

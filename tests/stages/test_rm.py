@@ -81,9 +81,9 @@ def test_rm_trains_on_label_store_pairs_with_lora(tmp_path, tiny_model_dir):
     try:
         prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(12)]
         ids = store.add_items(prompts, [[f"{MARKER} answer {i}.", f"plain answer {i}.", "No."] for i in range(12)])
-        store.add_annotator("ada", "secret")
+        store.add_annotator("ada", "secret-password")
         for item_id in ids:
-            replies = store.item(item_id).replies
+            replies = store.next_item("ada").replies  # the item the app would show ada: ids in order
             store.submit(item_id, "ada", [[replies[0].id], [replies[1].id], [replies[2].id]])
     finally:
         store.close()
