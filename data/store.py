@@ -2,8 +2,9 @@
 
 SQLAlchemy Core over SQLite by default (one file, WAL mode, foreign keys on, a busy timeout,
 ``synchronous=FULL`` so a committed label survives a killed process or a power cut). A database
-URL (``postgresql+psycopg://user@host/db``) points a team at a server instead: the data-access
-methods below use only portable SQL; the SQLite tuning lives in `_sqlite_engine` alone.
+URL (``postgresql://user:password@host:5432/db``, through psycopg 3: the ``postgres`` extra)
+points a team at a server instead: the data-access methods below use only portable SQL; what
+differs per database lives in `_sqlite_engine` and `_postgres_engine` alone.
 
     store = open_store("runs/demo/labels.sqlite")
     store.add_items(prompts, replies_per_prompt, model="runs/demo/sft")
@@ -207,12 +208,20 @@ def _dummy_hash() -> str:
 
 
 # ---------------------------------------------------------------------------------------- engine
+POSTGRES_DRIVER = "postgresql+psycopg"  # psycopg 3: `pip install "align[postgres]"`
+_WRITE_LOCK_KEY = 0x616C69676E  # the PostgreSQL advisory lock every write transaction takes ("align")
+
+
 def store_url(url_or_path: str | os.PathLike) -> str:
-    """A database URL as given, or ``sqlite:///<absolute path>`` for a file path."""
+    """A database URL as given (``postgresql://`` and ``postgres://`` use psycopg 3), or
+    ``sqlite:///<absolute path>`` for a file path."""
     text = str(url_or_path)
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
+    if "://" not in text:
+        return f"sqlite:///{Path(text).expanduser().resolve()}"
+    scheme, rest = text.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        return f"{POSTGRES_DRIVER}://{rest}"
+    return text
 
 
 def _create_private(path: Path) -> None:
@@ -247,15 +256,56 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _postgres_engine(url: str) -> Engine:
+    """PostgreSQL (psycopg 3) at READ COMMITTED, with write transactions serialized as on SQLite:
+    each takes one transaction-level advisory lock first, so a write sees every write committed
+    before it (the counterpart of BEGIN IMMEDIATE; label-store writes are few and short).
+    A server that does not answer fails after 10 s rather than hanging."""
+    connect_args = {} if "connect_timeout" in sa.engine.make_url(url).query else {"connect_timeout": 10}
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32, connect_args=connect_args)
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):
+        if conn.get_execution_options().get("align_write"):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK_KEY})")
+
+    return engine
+
+
+def create_store_engine(url_or_path: str | os.PathLike) -> Engine:
+    """The engine for a store path or URL: `_sqlite_engine`, `_postgres_engine`, or SQLAlchemy's
+    defaults for another database. A bad URL or a missing driver is an AlignError."""
+    url = store_url(url_or_path)
+    shown = str(url_or_path)
+    try:
+        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+        if url.startswith("sqlite"):
+            return _sqlite_engine(url)
+        if url.startswith("postgresql"):
+            return _postgres_engine(url)
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (ModuleNotFoundError, sa.exc.NoSuchModuleError) as error:
+        hint = ' (pip install "align[postgres]")' if url.startswith("postgresql") else ""
+        raise AlignError(f"label store {shown}: the database driver is not installed{hint}: {error}") from error
+    except (sa.exc.ArgumentError, ValueError) as error:
+        raise AlignError(f"label store {shown}: not a usable path or database URL ({error})") from error
+    except OSError as error:  # the SQLite file's folder cannot be made
+        raise AlignError(f"label store {shown}: cannot create its folder ({error.strerror or error})") from error
+
+
+def connection_error_line(error: BaseException) -> str:
+    """The driver's reason for a failed connection, on one line (no FATAL prefixes, no hints)."""
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    reason = reason.removeprefix("connection failed: ").replace("FATAL:  ", "")
+    return reason
+
+
 def open_store(url_or_path: str | os.PathLike, *, annotators_per_item: int = 1,
                hold_seconds: float = DEFAULT_HOLD_SECONDS, migrate: bool = True) -> "LabelStore":
-    """Open (creating and migrating as needed) the label store at a file path or database URL."""
-    url = store_url(url_or_path)
-    try:
-        engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as error:
-        raise AlignError(f"label store {url_or_path}: cannot open ({error})") from error
-    store = LabelStore(engine, annotators_per_item=annotators_per_item, hold_seconds=hold_seconds)
+    """Open (creating and migrating as needed) the label store at a file path or database URL.
+    A database that cannot be reached (host, port, password, database name) is an AlignError."""
+    store = LabelStore(create_store_engine(url_or_path), annotators_per_item=annotators_per_item,
+                       hold_seconds=hold_seconds)
     if migrate:
         store.migrate()
     return store
@@ -313,15 +363,21 @@ class LabelStore:
         return f"LabelStore({self.url!r})"
 
     # -- transactions
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            raise AlignError(f"label store {self.url}: cannot connect: {connection_error_line(error)}") from error
+
     @contextlib.contextmanager
     def _read(self):
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def _write(self):
-        """One write transaction (on SQLite it holds the write lock from the start)."""
-        with self._write_lock, self.engine.connect() as conn:
+        """One write transaction, holding the write lock from the start (see the engines above)."""
+        with self._write_lock, self._connect() as conn:
             conn.execution_options(align_write=True)
             with conn.begin():
                 yield conn
@@ -706,4 +762,4 @@ class LabelStore:
 
 
 __all__ = ["open_store", "LabelStore", "Item", "Reply", "Label", "MIGRATIONS", "SCHEMA_VERSION", "FLAG_NAMES",
-           "RankingError", "AssignmentError", "hash_password", "verify_password", "store_url", "DEFAULT_HOLD_SECONDS"]
+           "RankingError", "AssignmentError", "hash_password", "verify_password", "store_url", "create_store_engine", "DEFAULT_HOLD_SECONDS"]

@@ -1,17 +1,18 @@
-"""The label store on a real SQLite file: schema migrations, assignment and holds, idempotent
-submits, the consensus export, and agreement figures checked against hand-computed values."""
+"""The label store on a real SQLite file and on a real PostgreSQL server (the `label_db` fixture runs each
+test on both): schema migrations, assignment and holds, idempotent submits, the consensus export, and
+agreement figures checked against hand-computed values."""
 
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from align.errors import AlignError, DataError
 from data.labels import RankingError
-from data.store import SCHEMA_VERSION, LabelStore, _sqlite_engine, open_store, store_url
+from data.store import SCHEMA_VERSION, LabelStore, create_store_engine, open_store
 
 
 def user(text):
@@ -19,10 +20,20 @@ def user(text):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = open_store(tmp_path / "labels.sqlite")
+def store(label_db):
+    s = open_store(label_db)
     yield s
     s.close()
+
+
+def raw_rows(location, sql):
+    """Rows read straight from the database, past the store's API."""
+    engine = create_store_engine(location)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
 
 
 def add_people(store, *names):
@@ -39,7 +50,8 @@ def reply_ids(store, item_id):
     return [r.id for r in store.item(item_id).replies]
 
 
-def test_sqlite_file_is_tuned(store, tmp_path):
+def test_sqlite_file_is_tuned(tmp_path):
+    store = open_store(tmp_path / "labels.sqlite")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -47,17 +59,18 @@ def test_sqlite_file_is_tuned(store, tmp_path):
     assert store.version() == SCHEMA_VERSION
 
 
-def test_opening_an_older_version_migrates_it_and_keeps_its_rows(tmp_path):
-    path = tmp_path / "old.sqlite"
-    old = LabelStore(_sqlite_engine(store_url(path)))
+def test_opening_an_older_version_migrates_it_and_keeps_its_rows(label_db):
+    path = label_db
+    old = LabelStore(create_store_engine(path))
     assert old.migrate(target=1) == 1  # a file made by the first release: no feedback table
     [item_id] = old.add_items([user("hello")], [["a", "b"]], model="m")
     old.add_annotator("ada", "pw-ada-secret")
     old.submit(old.next_item("ada").id, "ada", [[r] for r in reply_ids(old, item_id)])
     old.close()
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("select version from schema_version").fetchone() == (1,)
-        assert not raw.execute("select name from sqlite_master where name='feedback'").fetchall()
+    assert raw_rows(path, "select version from schema_version") == [(1,)]
+    engine = create_store_engine(path)
+    assert not sa.inspect(engine).has_table("feedback")
+    engine.dispose()
 
     store = open_store(path)
     assert store.version() == SCHEMA_VERSION == 3
@@ -67,20 +80,20 @@ def test_opening_an_older_version_migrates_it_and_keeps_its_rows(tmp_path):
     assert open_store(path).version() == 3  # opening again is a no-op
 
 
-def test_a_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "new.sqlite"
-    open_store(path).close()
-    with sqlite3.connect(path) as raw:
-        raw.execute("update schema_version set version = 99")
+def test_a_newer_schema_is_refused(label_db):
+    path = label_db
+    store = open_store(path)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("update schema_version set version = 99")
+    store.close()
     with pytest.raises(AlignError, match="newer than this align"):
         open_store(path)
 
 
-def test_passwords_are_stored_as_salted_hashes(store, tmp_path):
+def test_passwords_are_stored_as_salted_hashes(store, label_db):
     store.add_annotator("ada", "correct horse")
     store.add_annotator("bob", "correct horse", role="admin")
-    with sqlite3.connect(tmp_path / "labels.sqlite") as raw:
-        hashes = [h for (h,) in raw.execute("select password_hash from annotators")]
+    hashes = [h for (h,) in raw_rows(label_db, "select password_hash from annotators order by id")]
     assert all(h.startswith("scrypt$") and "correct horse" not in h for h in hashes)
     assert hashes[0] != hashes[1]  # salted
     assert store.check_password("ada", "correct horse") and not store.check_password("ada", "wrong")
@@ -111,8 +124,8 @@ def test_add_items_is_resumable_and_checks_rows(store):
     assert store.count_items() == 3  # the failed batch added nothing
 
 
-def test_assignment_holds_and_annotators_per_item(tmp_path):
-    store = open_store(tmp_path / "s.sqlite", annotators_per_item=2, hold_seconds=60)
+def test_assignment_holds_and_annotators_per_item(label_db):
+    store = open_store(label_db, annotators_per_item=2, hold_seconds=60)
     store.add_items([user("one"), user("two")], [["a", "b"], ["c", "d"]])
     add_people(store, "ada", "bob", "cy")
     t = 1000.0
@@ -234,8 +247,8 @@ def test_agreement_matches_hand_computed_values(store):
     assert figures["per_annotator"] == {"ada": pytest.approx(4 / 6), "bob": pytest.approx(4 / 6)}
 
 
-def test_progress_counts(tmp_path):
-    store = open_store(tmp_path / "p.sqlite", annotators_per_item=2)
+def test_progress_counts(label_db):
+    store = open_store(label_db, annotators_per_item=2)
     store.add_items([user("1"), user("2")], [["a", "b"], ["c", "d"]])
     add_people(store, "ada", "bob")
     a, b = reply_ids(store, 1)
