@@ -94,3 +94,15 @@ def test_postgres_write_transactions_wait_for_each_other(postgres_server):
         assert done == [[1]] and store.count_items() == 1
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_value_postgresql_refuses_is_one_clear_line_and_stores_nothing(postgres_server):
+    store = open_store(postgres_server.new_database())
+    try:
+        with pytest.raises(AlignError, match=r"^label store postgresql\+psycopg://.*refused a value: .*NUL") as caught:
+            store.add_items([[{"role": "user", "content": "q"}]], [["fine", "a NUL \x00 byte"]])
+        assert "\n" not in str(caught.value)
+        assert store.count_items() == 0  # the whole batch rolled back
+    finally:
+        store.close()

@@ -1,5 +1,6 @@
 """Load test on loopback: 20 annotators at once label through the app's API (gradio_client); every
-submission is stored exactly once, each item gets exactly its quota, and the submit latency is printed."""
+submission is stored exactly once, each item gets exactly its quota, and the submit latency is printed.
+Runs on a SQLite file and on the session's PostgreSQL server (the `label_db` fixture)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def label_until_done(client, name, acked, latencies, errors):
         errors.append(f"{name}: {error!r}")
 
 
-def test_twenty_concurrent_annotators_store_every_submission_once(tmp_path):
-    store = make_store(tmp_path / "labels.sqlite", annotators=ANNOTATORS, admins=(), items=ITEMS,
+def test_twenty_concurrent_annotators_store_every_submission_once(label_db):
+    store = make_store(label_db, annotators=ANNOTATORS, admins=(), items=ITEMS,
                        annotators_per_item=PER_ITEM)
     acked, latencies, errors = [], [], []
     with running_app(store) as url:
@@ -73,4 +74,4 @@ def test_twenty_concurrent_annotators_store_every_submission_once(tmp_path):
     p50 = statistics.median(latencies)
     p95 = statistics.quantiles(latencies, n=20)[-1]
     print(f"\nsubmit latency over {len(latencies)} submits by {len(ANNOTATORS)} concurrent annotators: "
-          f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (wall {wall:.1f} s)")
+          f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (wall {wall:.1f} s, {store.engine.dialect.name})")
