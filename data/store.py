@@ -22,6 +22,7 @@ store is opened. How rankings become preference rows (the consensus rule) is in 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -41,6 +42,8 @@ from data.labels import FLAG_NAMES, RankedLabel, RankingError, agreement, consen
 
 ROLES = ("annotator", "admin")
 DEFAULT_HOLD_SECONDS = 15 * 60
+MIN_PASSWORD_LENGTH = 8
+FEEDBACK_AUTH = ("login", "none")  # how a chat feedback row's user was identified: an account, or --no-auth
 
 # --------------------------------------------------------------------------------------- schema
 metadata = sa.MetaData()
@@ -113,6 +116,7 @@ feedback = sa.Table(
     sa.Column("user", sa.String(100)),
     sa.Column("model", sa.String(500)),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("auth", sa.String(20)),  # FEEDBACK_AUTH; NULL on rows from before schema version 3
 )
 
 
@@ -127,7 +131,13 @@ def _v2_feedback(conn: Connection) -> None:
     feedback.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core_tables, _v2_feedback]
+def _v3_feedback_auth(conn: Connection) -> None:
+    """Version 3: each feedback row says how its user was identified (a login, or none)."""
+    if "auth" not in {column["name"] for column in sa.inspect(conn).get_columns("feedback")}:
+        conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN auth VARCHAR(20)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core_tables, _v2_feedback, _v3_feedback_auth]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -163,10 +173,15 @@ class Label:
 
 
 # ------------------------------------------------------------------------------------- passwords
+class AssignmentError(AlignError):
+    """A label for an item that was not given to its annotator, or past the item's quota."""
+
+
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """scrypt with a random salt, as ``scrypt$n$r$p$salt_hex$hash_hex``."""
-    if not password:
-        raise AlignError("a password must not be empty")
+    """scrypt with a random salt, as ``scrypt$n$r$p$salt_hex$hash_hex``. Refuses a password shorter
+    than `MIN_PASSWORD_LENGTH`."""
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AlignError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     salt = salt or secrets.token_bytes(16)
     n, r, p = 2**14, 8, 1
     digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
@@ -184,6 +199,12 @@ def verify_password(password: str, stored: str) -> bool:
     candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
                                dklen=len(digest) // 2)
     return hmac.compare_digest(candidate.hex(), digest)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash no password matches, checked for unknown names so they cost the same scrypt run as known ones."""
+    return hash_password(secrets.token_hex(16))
 
 
 # ---------------------------------------------------------------------------------------- engine
@@ -443,27 +464,40 @@ class LabelStore:
             return conn.scalar(sa.select(sa.func.count()).select_from(items))
 
     # -- annotators
-    def add_annotator(self, name: str, password: str, role: str = "annotator", *, replace: bool = False) -> None:
-        """Create an account (or, with `replace`, reset its password and role). Stores a scrypt hash."""
+    def add_annotator(self, name: str, password: str, role: str = "annotator") -> None:
+        """Create an account; an existing name is refused (`update_annotator` changes one). Stores a
+        scrypt hash; the password needs `MIN_PASSWORD_LENGTH` characters."""
         name = name.strip()
-        if not name:
-            raise AlignError("an annotator name must not be empty")
-        if role not in ROLES:
-            raise AlignError(f"role must be one of {ROLES}, got {role!r}")
-        values = {"password_hash": hash_password(password), "role": role}
+        if not name or len(name) > 100:
+            raise AlignError("an annotator name needs 1 to 100 characters")
+        values = {"password_hash": hash_password(password), "role": _check_role(role)}
         with self._write() as conn:
-            existing = conn.scalar(sa.select(annotators.c.id).where(annotators.c.name == name))
-            if existing is None:
-                conn.execute(annotators.insert().values(name=name, created_at=time.time(), **values))
-            elif replace:
-                conn.execute(annotators.update().where(annotators.c.id == existing).values(**values))
-            else:
-                raise AlignError(f"annotator {name!r} exists already (use replace to reset the password)")
+            if conn.scalar(sa.select(annotators.c.id).where(annotators.c.name == name)) is not None:
+                raise AlignError(f"annotator {name!r} exists already: to change it, give --reset-password "
+                                 "(a new password) and/or --set-role ROLE")
+            conn.execute(annotators.insert().values(name=name, created_at=time.time(), **values))
+
+    def update_annotator(self, name: str, *, password: str | None = None, role: str | None = None) -> None:
+        """Reset an existing account's password and/or change its role (what is not given is kept)."""
+        values = {}
+        if password is not None:
+            values["password_hash"] = hash_password(password)
+        if role is not None:
+            values["role"] = _check_role(role)
+        if not values:
+            raise AlignError(f"annotator {name!r}: nothing to change (give a new password or a role)")
+        with self._write() as conn:
+            conn.execute(annotators.update().where(annotators.c.id == self._annotator_id(conn, name)).values(**values))
 
     def check_password(self, name: str, password: str) -> bool:
+        """Whether `password` is `name`'s. An unknown name runs scrypt against a dummy hash, so the
+        time taken does not tell whether the name exists."""
         with self._read() as conn:
             stored = conn.scalar(sa.select(annotators.c.password_hash).where(annotators.c.name == name))
-        return stored is not None and verify_password(password, stored)
+        if stored is None:
+            verify_password(password, _dummy_hash())
+            return False
+        return verify_password(password, stored)
 
     def role(self, name: str) -> str | None:
         with self._read() as conn:
@@ -535,24 +569,29 @@ class LabelStore:
     # -- labels
     def submit(self, item_id: int, annotator: str, ranking: Sequence[Sequence[int]], *,
                all_unacceptable: bool = False, flags: Mapping[int, Sequence[str]] | None = None,
-               now: float | None = None) -> int:
+               now: float | None = None, assigned_only: bool = True) -> int:
         """Record `annotator`'s ranking of an item in one transaction; return the label id.
 
         `ranking` is tiers of reply ids, best first (a tier of several is a tie); it may be empty
         when `all_unacceptable`. `flags` maps reply id → names from `FLAG_NAMES`. A second submit
         for the same (item, annotator) replaces the first. The annotator's hold is released.
+        Only the annotator who holds the item (`next_item` gave it to them) or labeled it before
+        may submit, and a new label must fit the item's `annotators_per_item` quota: both checked
+        in the same transaction, else `AssignmentError`. `assigned_only=False` skips those checks
+        (importing labels collected elsewhere; the apps never pass it).
         Raises `RankingError` (a ValueError) for a ranking that does not fit the item.
         """
         now = time.time() if now is None else now
         for attempt in range(2):
             try:
-                return self._submit_once(item_id, annotator, ranking, bool(all_unacceptable), flags, now)
+                return self._submit_once(item_id, annotator, ranking, bool(all_unacceptable), flags, now,
+                                         assigned_only)
             except sa.exc.IntegrityError:
                 if attempt:  # two submits of the same label raced on a server database: retry as update
                     raise
         raise AssertionError("unreachable")
 
-    def _submit_once(self, item_id, annotator, ranking, all_unacceptable, flags, now) -> int:
+    def _submit_once(self, item_id, annotator, ranking, all_unacceptable, flags, now, assigned_only) -> int:
         with self._write() as conn:
             annotator_id = self._annotator_id(conn, annotator)
             reply_ids = list(conn.scalars(sa.select(replies.c.id).where(replies.c.item_id == item_id)))
@@ -562,6 +601,8 @@ class LabelStore:
             values = {"ranking_json": _dumps(tiers), "all_unacceptable": all_unacceptable, "updated_at": now}
             label_id = conn.scalar(sa.select(labels.c.id).where(labels.c.item_id == item_id,
                                                                labels.c.annotator_id == annotator_id))
+            if label_id is None and assigned_only:
+                self._check_assignment(conn, item_id, annotator_id, annotator)
             if label_id is None:
                 label_id = conn.execute(labels.insert().values(
                     item_id=item_id, annotator_id=annotator_id, created_at=now, **values)).inserted_primary_key[0]
@@ -574,6 +615,18 @@ class LabelStore:
                 conn.execute(reply_flags.insert(), flag_rows)
             conn.execute(holds.delete().where(holds.c.item_id == item_id, holds.c.annotator_id == annotator_id))
             return label_id
+
+    def _check_assignment(self, conn: Connection, item_id: int, annotator_id: int, annotator: str) -> None:
+        """A first label on an item needs the annotator's hold on it and a free place in its quota."""
+        held = conn.scalar(sa.select(sa.func.count()).select_from(holds).where(
+            holds.c.item_id == item_id, holds.c.annotator_id == annotator_id))
+        if not held:
+            raise AssignmentError(f"item {item_id} is not held by {annotator!r} (it was never given to them, or "
+                                  "their hold expired): label the item the app shows next")
+        n_labels = conn.scalar(sa.select(sa.func.count()).select_from(labels).where(labels.c.item_id == item_id))
+        if n_labels >= self.annotators_per_item:
+            raise AssignmentError(f"item {item_id} has all the {self.annotators_per_item} label(s) it needs "
+                                  "already: label the item the app shows next")
 
     def labels(self, item_id: int | None = None) -> list[Label]:
         """Stored labels (of one item, or all), oldest first, with their flags."""
@@ -680,18 +733,22 @@ class LabelStore:
 
     # -- chat feedback
     def add_feedback(self, conversation: Sequence[Mapping], reply: str, *, rating: str | None = None,
-                     rejected: str | None = None, user: str | None = None, model: str | None = None) -> int:
+                     rejected: str | None = None, user: str | None = None, model: str | None = None,
+                     auth: str | None = None) -> int:
         """Record chat feedback: a thumbs ``rating`` ("up"/"down") on `reply`, or a compare-mode
-        choice (`reply` chosen over `rejected`). `conversation` is the messages before the reply."""
+        choice (`reply` chosen over `rejected`). `conversation` is the messages before the reply.
+        `auth` says how `user` was identified: "login" (an account of this store) or "none"."""
         if rating not in (None, "up", "down"):
             raise AlignError(f"rating must be 'up', 'down' or None, got {rating!r}")
+        if auth not in (None, *FEEDBACK_AUTH):
+            raise AlignError(f"auth must be one of {FEEDBACK_AUTH} or None, got {auth!r}")
         if rating is None and rejected is None:
             raise AlignError("feedback needs a rating or a rejected reply")
         conversation = _check_prompt(list(conversation), "feedback", 1)
         with self._write() as conn:
             return conn.execute(feedback.insert().values(
                 conversation_json=_dumps(conversation), reply=reply, rating=rating, rejected=rejected,
-                user=user, model=model, created_at=time.time())).inserted_primary_key[0]
+                user=user, model=model, auth=auth, created_at=time.time())).inserted_primary_key[0]
 
     def feedback(self) -> list[dict]:
         """All chat feedback rows, oldest first."""
@@ -699,7 +756,7 @@ class LabelStore:
             rows = conn.execute(sa.select(feedback).order_by(feedback.c.id)).all()
         return [{"id": r.id, "conversation": json.loads(r.conversation_json), "reply": r.reply,
                  "rating": r.rating, "rejected": r.rejected, "user": r.user, "model": r.model,
-                 "created_at": r.created_at} for r in rows]
+                 "auth": r.auth, "created_at": r.created_at} for r in rows]
 
     def feedback_preferences(self) -> list[dict]:
         """Compare-mode choices from the chat UI as TRL preference rows (thumbs give no pairs)."""
@@ -709,4 +766,4 @@ class LabelStore:
 
 
 __all__ = ["open_store", "LabelStore", "Item", "Reply", "Label", "MIGRATIONS", "SCHEMA_VERSION", "FLAG_NAMES",
-           "RankingError", "hash_password", "verify_password", "store_url", "create_store_engine", "DEFAULT_HOLD_SECONDS"]
+           "RankingError", "AssignmentError", "hash_password", "verify_password", "store_url", "create_store_engine", "DEFAULT_HOLD_SECONDS"]
