@@ -1,7 +1,8 @@
 """The one path every training stage takes.
 
-resolve the parent (refusing one whose gate failed) → open the work folder → the stage's own part (load data,
-build the trainer, train, evaluate, save) → gate → manifest and model card → atomic promotion.
+resolve the parent (refusing one whose gate failed, or, for a gated stage, one never gated) → open the work folder
+(a resume only with the settings it started with) → the stage's own part (load data, build the trainer, train,
+evaluate, save) → gate → manifest and model card → atomic promotion (a gate-failed model beside the promoted one).
 
 A stage module (stages/<name>.py) supplies only its own part:
     PARENT_STAGES: tuple[str, ...]   stages whose promoted artifact it starts from by default
@@ -28,8 +29,9 @@ from pathlib import Path
 from align import config as config_mod
 from align import distributed
 from align.card import write_model_card
-from align.runs import (Parent, StageWork, find_resumable, new_run_name, package_versions, resolve_parent,
-                        stage_fingerprint, write_json)
+from align.errors import GateError
+from align.runs import (Parent, StageWork, failed_checks, find_resumable, fingerprint_inputs, fingerprint_of,
+                        new_run_name, package_versions, resolve_parent, write_json)
 
 Stage = object  # a module following the protocol above
 
@@ -94,15 +96,24 @@ def choose_run_dir(runs_dir: Path, stage: str, run: str | None, parent: Parent, 
     return runs_dir / new_run_name(recipe_name)
 
 
-def gate_status(gate: dict | None, override_reason: str | None) -> str:
-    if gate is None or gate.get("verdict") == "pass":
+def is_gated(stage, cfg) -> bool:
+    """Whether a stage's model goes through the gate: the gate is on and the stage makes a generator (not rm)."""
+    return bool(cfg.gate.enabled) and getattr(stage, "GATED", True)
+
+
+def gate_status(gate: dict | None, override_reason: str | None, gated: bool = True) -> str:
+    """promoted (passed, or a stage with nothing to gate), overridden, gate_failed, or ungated (gate switched off)."""
+    if gate is None:
+        return "ungated" if gated else "promoted"
+    if gate.get("verdict") == "pass":
         return "promoted"
     return "overridden" if override_reason else "gate_failed"
 
 
 def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None = None, resume: bool = False,
-              override_gate: str | None = None) -> Path:
-    """Run one stage end to end; returns its finished folder."""
+              override_gate: str | None = None, resume_changed: bool = False, allow_ungated: bool = False) -> Path:
+    """Run one stage end to end; returns its finished folder. A failed gate (not overridden) leaves the model in
+    runs/<run>/<stage>.gate_failed/, the promoted <stage>/ untouched, and raises a GateError (exit code 2)."""
     from align.models import choose_device, choose_dtype, resolve_source
     from stages import stage_module
 
@@ -111,11 +122,18 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     distributed.check_supported(name, stage, lora=cfg.lora.enabled)
     distributed.start(cpu=device == "cpu")
     runs_dir = Path(cfg.runs_dir)
-    parent = resolve_parent(parent_spec, stage.PARENT_STAGES, runs_dir, cfg.model.source, override_gate)
+    resume = resume or resume_changed
+    parent = resolve_parent(parent_spec, stage.PARENT_STAGES, runs_dir, cfg.model.source, override_gate,
+                            child_gated=is_gated(stage, cfg), allow_ungated=allow_ungated)
     run_dir = Path(distributed.from_main(str(choose_run_dir(runs_dir, name, run, parent, resume, cfg.name))))
     work = StageWork(run_dir, name)
+    inputs = fingerprint_inputs(name, cfg, parent)
+    resumed = None
     if distributed.is_main():
-        work.begin(resume)
+        resumed = work.begin(resume, inputs, accept_changes=resume_changed)
+        if resumed and resumed["changed"]:
+            print(f"[align] --resume-changed: continuing {name} with changed settings "
+                  f"({', '.join(resumed['changed'])}), recorded in the manifest", flush=True)
     if distributed.is_local_main():
         resolve_source(parent.source)  # builds a cached model (embedded, tiny) once per machine, before the others
     distributed.barrier()
@@ -147,13 +165,13 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
         return work.final_dir
 
     gate = None
-    if cfg.gate.enabled and getattr(stage, "GATED", True):  # GATED = False: the stage makes no generator
+    if is_gated(stage, cfg):
         from align.gates.policy import run_gate
 
         gate = run_gate(str(work.output_dir), cfg.gate, stage=name, out_dir=work.output_dir,
                         parent_source=parent.source, parent_gate=(parent.manifest or {}).get("gate"),
                         model_options=cfg.model, device=device, override_reason=override_gate)
-    status = gate_status(gate, override_gate)
+    status = gate_status(gate, override_gate, gated=getattr(stage, "GATED", True))
     manifest = {
         "stage": name,
         "run": run_dir.name,
@@ -164,7 +182,8 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
         "config": config_mod.to_dict(cfg),
         "versions": _versions(),
         "git": _git_commit(),
-        "fingerprint": stage_fingerprint(name, cfg, parent),
+        "fingerprint": fingerprint_of(inputs),
+        "resumed": resumed,  # null for a run from the start; else the checkpoint and any --resume-changed settings
         "metrics": metrics,
         "timing": {"wall_s": round(wall, 1), "tokens_per_s": metrics.get("tokens_per_s"),
                    "peak_rss_mb": _peak_rss_mb(), "world_size": distributed.world_size()},
@@ -175,8 +194,14 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     (work.output_dir / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
     write_model_card(work.output_dir, manifest)
     write_json(work.output_dir / "manifest.json", manifest)  # last: its presence marks the output complete
-    final = work.promote()
-    verdict = {"promoted": "promoted", "overridden": "promoted by override", "gate_failed": "NOT promoted (gate failed)"}
+    final = work.promote(work.gate_failed_dir if status == "gate_failed" else None)
+    verdict = {"promoted": "promoted", "overridden": "promoted by override", "ungated": "promoted UNGATED (gate off)",
+               "gate_failed": "NOT promoted (gate failed)"}
     print(f"[align] {name} finished in {wall:.0f}s: {final} — {verdict[status]}", flush=True)
     distributed.barrier()  # releases the other processes
+    if status == "gate_failed":
+        kept = f"; the promoted {work.final_dir} is kept" if work.final_dir.exists() else ""
+        raise GateError(f"{name} failed its gate ({', '.join(failed_checks(manifest)) or 'unknown checks'}): the model "
+                        f"is in {final}, not promoted{kept}. Pass --override-gate \"<reason>\" to promote it "
+                        f"anyway (recorded).")
     return final

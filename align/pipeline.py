@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="run name (default: the recipe's name, so re-running resumes)")
     parser.add_argument("--override-gate", metavar="REASON",
                         help="carry on past a failed gate; the reason is recorded in each manifest")
+    from align.run import run_safety_arguments
+
+    run_safety_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (dotted keys)")
 
 
@@ -86,11 +89,14 @@ def stage_plan(stage: str, run_dir: Path) -> str | None:
     return None if stage == "sft" else str(run_dir / "sft")
 
 
-def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None) -> Path:
-    from align.driver import run_stage
+def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, resume_changed: bool = False,
+                 allow_ungated: bool = False) -> Path:
+    """A failed gate (not overridden) stops the pipeline with a GateError (exit code 2) once the report is written;
+    an interrupted stage resumes only with the settings it started with (unless resume_changed)."""
+    from align.driver import is_gated, run_stage
     from align.errors import ConfigError
-    from align.runs import Parent, StageWork, read_manifest, resolve_parent, stage_fingerprint
-    from stages import STAGES
+    from align.runs import PROMOTABLE, Parent, StageWork, read_manifest, resolve_parent, stage_fingerprint
+    from stages import STAGES, stage_module
 
     unknown = [s for s in cfg.pipeline.stages if s not in STAGES]
     if unknown:
@@ -108,11 +114,12 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None) 
             print(f"\n━━━━ [{number}/{len(stages)}] {stage} ━━━━ (pipeline {run_dir}, "
                   f"{time.time() - started:.0f}s so far)", flush=True)
             parent_spec = stage_plan(stage, run_dir)
-            parent = resolve_parent(parent_spec, (), Path(cfg.runs_dir), cfg.model.source, override_gate) \
+            parent = resolve_parent(parent_spec, (), Path(cfg.runs_dir), cfg.model.source, override_gate,
+                                    child_gated=is_gated(stage_module(stage), cfg), allow_ungated=allow_ungated) \
                 if parent_spec else Parent(source=cfg.model.source)
             finished = read_manifest(run_dir / stage)
             if finished and finished.get("fingerprint") == stage_fingerprint(stage, cfg, parent) \
-                    and finished.get("status") in ("promoted", "overridden"):
+                    and finished.get("status") in PROMOTABLE:
                 _say(f"{stage}: finished earlier with the same inputs — skipped")
                 skipped.append(stage)
                 timings[stage] = 0.0
@@ -120,7 +127,8 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None) 
             resume = StageWork(run_dir, stage).last_checkpoint() is not None
             t0 = time.time()
             run_stage(stage, cfg, parent_spec=parent_spec, run=run_dir.name, resume=resume,
-                      override_gate=override_gate)
+                      override_gate=override_gate, resume_changed=resume and resume_changed,
+                      allow_ungated=allow_ungated)
             timings[stage] = time.time() - t0
         completed = True
     finally:  # the summary also when a gate stops the pipeline
@@ -233,6 +241,7 @@ def main(args: argparse.Namespace) -> int:
     from align.config import load_recipe
 
     cfg = load_recipe(args.config, args.overrides, command="pipeline")
-    run_dir = run_pipeline(cfg, run=args.run, override_gate=args.override_gate)
+    run_dir = run_pipeline(cfg, run=args.run, override_gate=args.override_gate, resume_changed=args.resume_changed,
+                           allow_ungated=args.allow_ungated)
     _say(f"chat with the aligned model: python -m align.run chat --model {run_dir}")
     return 0

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from align.gates.report import png_base64
-from align.runs import read_manifest
+from align.runs import latest_attempt, read_manifest
 
 # The figures worth a column in the summary, per stage (the manifest has them all).
 KEY_METRICS = {
@@ -33,11 +33,13 @@ def _short(value) -> str:
 def _rows(run_dir: Path, stages: list[str], timings: dict, skipped: list[str]) -> list[dict]:
     rows = []
     for stage in stages:
-        manifest = read_manifest(run_dir / stage) or {}
+        attempt = latest_attempt(run_dir / stage)  # a gate-failed rerun is reported, beside the promoted model it kept
+        manifest = read_manifest(attempt) or {}
         gate = manifest.get("gate")
+        kept = " (promoted one kept)" if attempt != run_dir / stage and (run_dir / stage).is_dir() else ""
         rows.append({
             "stage": stage,
-            "status": manifest.get("status", "not run"),
+            "status": manifest.get("status", "not run") + kept,
             "gate": gate_lines(gate),
             "metrics": _key_metrics(stage, manifest.get("metrics", {})),
             "wall_s": manifest.get("timing", {}).get("wall_s"),

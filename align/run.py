@@ -2,7 +2,8 @@
 
 Training commands (sft, rm, dpo, ppo, ...) all go through align.driver.run_stage. Other commands live in their
 own modules, registered in COMMANDS with `add_arguments(parser)` and `main(args) -> int`.
-Known problems (bad config, bad data, a failed gate) print one clear line and exit with code 2.
+Known problems (bad config, bad data, a failed gate, a resume with changed settings, an ungated parent) print one
+clear line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toxicity-model": ("align.gates.toxicity", "build the offline toxicity scorer (Detoxify format) and print its held-out AUROC"),
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
     "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
+    "serve": ("align.serving.cli", "an OpenAI-compatible API (chat completions, streaming, feedback, keys, /metrics) over a run's promoted models"),
     "chat": ("ui.chat_cli", "chat with a trained model (streaming, compare two, gate verdict); feedback feeds the label store"),
     "bench": ("align.bench", "align's SFT/RM/DPO trainers vs plain TRL (tokens/s, memory, MFU), gate and label-store speed"),
 }
@@ -65,10 +67,23 @@ def _common_stage_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parent: a run stage folder (runs/<run>/sft), a model folder, a hub id, or embedded:... "
                              "(default: the latest promoted parent stage, else the recipe's model.source)")
     parser.add_argument("--run", help="run name: the folder under runs_dir (default: the parent's run, else a new one)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted stage from its last checkpoint (only with the settings it "
+                             "started with)")
     parser.add_argument("--override-gate", metavar="REASON",
                         help="use a parent whose gate failed / promote despite a failed gate; the reason is recorded")
+    run_safety_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+
+
+def run_safety_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that let a stage (or the pipeline) past a safety check, each recorded in the manifest."""
+    parser.add_argument("--resume-changed", action="store_true",
+                        help="resume an interrupted stage although its settings changed (the manifest records both "
+                             "values of each changed key)")
+    parser.add_argument("--allow-ungated", action="store_true",
+                        help="let a gated stage build on a parent trained with the gate off (status ungated; "
+                             "recorded)")
 
 
 def _run_stage_command(args) -> int:
@@ -77,7 +92,7 @@ def _run_stage_command(args) -> int:
 
     cfg = load_recipe(args.config, args.overrides, command=args.stage)
     run_stage(args.stage, cfg, parent_spec=args.parent, run=args.run, resume=args.resume,
-              override_gate=args.override_gate)
+              override_gate=args.override_gate, resume_changed=args.resume_changed, allow_ungated=args.allow_ungated)
     return 0
 
 

@@ -1,10 +1,14 @@
 """Run folders, manifests, atomic promotion and lineage.
 
-    runs/<run>/<stage>/        a finished stage: model files, config.yaml, manifest.json, README.md, logs/
-    runs/<run>/.work/<stage>/  while a stage runs: output/ (becomes runs/<run>/<stage>) and checkpoints/
+    runs/<run>/<stage>/              a finished stage: model files, config.yaml, manifest.json, README.md, logs/
+                                     (status promoted, overridden or ungated)
+    runs/<run>/<stage>.gate_failed/  a finished stage whose gate failed: beside the promoted one, never over it
+    runs/<run>/.work/<stage>/        while a stage runs: output/ (moved into place at the end), checkpoints/ and
+                                     started.json (the settings it started with, which a resume must match)
 
 A stage writes everything into `.work/<stage>/output` and renames it into place only when it has finished,
-so a crash never leaves a folder that looks complete. `--resume` picks the last checkpoint up again.
+so a crash never leaves a folder that looks complete. `--resume` picks the last checkpoint up again, only with
+the settings the stage started with (or, with `--resume-changed`, recording what changed).
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from align.errors import AlignError, GateError
+from align.errors import AlignError, ConfigError, GateError
 
 MANIFEST = "manifest.json"
-PROMOTABLE = ("promoted", "overridden")
+STARTED = "started.json"  # in .work/<stage>/: the fingerprint inputs the stage started with
+GATE_FAILED_SUFFIX = ".gate_failed"
+# Statuses of a finished model in runs/<run>/<stage>/, usable as a parent or to chat with. "ungated" (the gate was
+# switched off) is usable too, but a stage that is itself gated refuses to build on it without --allow-ungated.
+PROMOTABLE = ("promoted", "overridden", "ungated")
 # Files written last into a checkpoint: transformers' Trainer state, align's PPO state.
 CHECKPOINT_MARKERS = ("trainer_state.json", "ppo_state.pt")
 
@@ -33,11 +41,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_json(path: Path) -> dict | None:
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def read_manifest(stage_dir: Path) -> dict | None:
-    path = Path(stage_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(Path(stage_dir) / MANIFEST)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -93,17 +103,42 @@ class StageWork:
     def final_dir(self) -> Path:
         return self.run_dir / self.stage
 
-    def begin(self, resume: bool) -> None:
-        """Open the work folder: kept when resuming, otherwise started afresh."""
-        if self.work_dir.exists() and not resume:
-            if self.last_checkpoint() is not None:
-                print(f"[align] discarding the interrupted {self.stage} in {self.work_dir} "
-                      f"(pass --resume to continue it instead)", flush=True)
-            shutil.rmtree(self.work_dir)
-        if resume and not self.work_dir.exists():
+    @property
+    def gate_failed_dir(self) -> Path:
+        return gate_failed_dir(self.final_dir)
+
+    def begin(self, resume: bool, inputs: dict | None = None, accept_changes: bool = False) -> dict | None:
+        """Open the work folder: started afresh (recording `inputs`, the stage's fingerprint inputs), or kept when
+        resuming — only with the inputs it started with, unless `accept_changes`. Returns the manifest's
+        `resumed` record (None for a fresh start)."""
+        if not resume:
+            if self.work_dir.exists():
+                if self.last_checkpoint() is not None:
+                    print(f"[align] discarding the interrupted {self.stage} in {self.work_dir} "
+                          f"(pass --resume to continue it instead)", flush=True)
+                shutil.rmtree(self.work_dir)
+            self.output_dir.mkdir(parents=True)
+            self.checkpoints_dir.mkdir(parents=True)
+            if inputs is not None:
+                write_json(self.work_dir / STARTED, {"fingerprint": fingerprint_of(inputs), "inputs": inputs,
+                                                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            return None
+        if not self.work_dir.exists():
             raise AlignError(f"--resume: nothing to resume in {self.work_dir}")
+        started = read_json(self.work_dir / STARTED)
+        changes = setting_changes(self.stage, started["inputs"], inputs) if started and inputs is not None else None
+        if changes and not accept_changes:
+            listed = ", ".join(f"{key} {change['started']!r} -> {change['resumed']!r}" for key, change in changes.items())
+            raise ConfigError(f"--resume: {self.stage} in {self.work_dir} started with other settings ({listed}); "
+                              f"resume with the settings it started with, start it afresh (without --resume, or "
+                              f"remove that folder), or pass --resume-changed to continue anyway (recorded)")
+        if started is None:
+            print(f"[align] {self.work_dir} has no record of the settings it started with: resuming unchecked",
+                  flush=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        return {"checkpoint": self.last_checkpoint(), "started_at": (started or {}).get("started_at"),
+                "changed": changes if started else None}
 
     def last_checkpoint(self) -> str | None:
         """The newest complete checkpoint (one killed while being written lacks its final state file)."""
@@ -124,17 +159,18 @@ class StageWork:
             if folder.exists() and not any(folder.iterdir()):
                 folder.rmdir()
 
-    def promote(self) -> Path:
-        """Move the finished output into place (replacing an older finished stage of the same run)."""
-        if self.final_dir.exists():
-            old = self.work_dir / "replaced"
-            os.replace(self.final_dir, old)
-        os.replace(self.output_dir, self.final_dir)
+    def promote(self, target: Path | None = None) -> Path:
+        """Move the finished output into place: `target` (default the stage folder), replacing an older one there
+        only. A gate-failed model goes to `gate_failed_dir`, so it never replaces a promoted one."""
+        target = target or self.final_dir
+        if target.exists():
+            os.replace(target, self.work_dir / "replaced")
+        os.replace(self.output_dir, target)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         work_root = self.run_dir / ".work"
         if work_root.exists() and not any(work_root.iterdir()):
             work_root.rmdir()
-        return self.final_dir
+        return target
 
 
 @dataclass
@@ -144,6 +180,7 @@ class Parent:
     source: str  # something align.models can load
     manifest: dict | None = None
     override_reason: str | None = None
+    ungated_allowed: bool = False  # --allow-ungated: a gated stage builds on a parent that was never gated
 
     @property
     def stage_dir(self) -> Path | None:
@@ -158,7 +195,7 @@ class Parent:
             return {"source": self.source}
         return {"path": self.source, "stage": self.manifest.get("stage"), "status": self.manifest.get("status"),
                 "manifest_sha256": sha256_file(Path(self.source) / MANIFEST),
-                "gate_override": self.override_reason}
+                "gate_override": self.override_reason, "allow_ungated": self.ungated_allowed}
 
 
 def finished_stages(runs_dir: Path, stage: str) -> list[Path]:
@@ -185,8 +222,31 @@ def failed_checks(manifest: dict) -> list[str]:
     return names
 
 
-def check_parent_gate(stage_dir: Path, manifest: dict, override_reason: str | None) -> None:
-    """Refuse a parent whose gate failed, unless the user overrides it with a reason."""
+def gate_failed_dir(stage_dir: Path) -> Path:
+    """Where a stage's gate-failed model lies: beside its promoted folder (runs/<run>/<stage>.gate_failed)."""
+    stage_dir = Path(stage_dir)
+    return stage_dir.with_name(stage_dir.name + GATE_FAILED_SUFFIX)
+
+
+def latest_attempt(stage_dir: Path) -> Path:
+    """A stage's most recent finished attempt, as a run summary reports it: <stage>.gate_failed when that finished
+    after the promoted <stage> (or there is none), else <stage>."""
+    failed = read_manifest(gate_failed_dir(stage_dir))
+    promoted = read_manifest(stage_dir)
+    if failed and (promoted is None or failed.get("finished_at", "") > promoted.get("finished_at", "")):
+        return gate_failed_dir(stage_dir)
+    return Path(stage_dir)
+
+
+def check_parent_gate(stage_dir: Path, manifest: dict, override_reason: str | None, *, child_gated: bool = False,
+                      allow_ungated: bool = False) -> None:
+    """Refuse a parent whose gate failed, unless the user overrides it with a reason; and, for a stage that is
+    itself gated, a parent that was never gated, unless --allow-ungated (its gate would compare against a model
+    nobody checked)."""
+    if manifest.get("status") == "ungated" and child_gated and not allow_ungated:
+        raise GateError(f"{stage_dir} was never gated (status ungated: trained with gate.enabled=false), so this "
+                        f"stage's gate would compare against a model nobody checked. Gate it (re-run that stage with "
+                        f"gate.enabled=true), or pass --allow-ungated to build on it anyway (recorded).")
     if manifest.get("status") != "gate_failed" or override_reason:
         return
     checks = ", ".join(failed_checks(manifest)) or "unknown checks"
@@ -197,11 +257,13 @@ def check_parent_gate(stage_dir: Path, manifest: dict, override_reason: str | No
 
 
 def resolve_parent(spec: str | None, parent_stages: tuple[str, ...], runs_dir: Path, base_source: str,
-                   override_reason: str | None = None) -> Parent:
+                   override_reason: str | None = None, *, child_gated: bool = False,
+                   allow_ungated: bool = False) -> Parent:
     """The artifact a stage starts from.
 
     spec: `--from` (a stage folder, a model folder, a hub id or embedded:...). Without it, the latest promoted
-    stage of `parent_stages` across runs; without one of those, the recipe's base model.
+    stage of `parent_stages` across runs; without one of those, the recipe's base model. A stage folder that
+    holds no model because its gate failed is refused, naming the gate-failed folder beside it.
     """
     if spec is None:
         for stage in parent_stages:
@@ -213,17 +275,23 @@ def resolve_parent(spec: str | None, parent_stages: tuple[str, ...], runs_dir: P
         else:
             return Parent(source=base_source)
     path = Path(spec)
+    failed = gate_failed_dir(path)
+    if not path.exists() and read_manifest(failed) is not None:
+        checks = ", ".join(failed_checks(read_manifest(failed))) or "unknown checks"
+        raise GateError(f"{path} holds no promoted model: its gate failed ({checks}) and the model is in {failed}. "
+                        f"Fix it, or pass --from {failed} --override-gate \"<reason>\" to use it anyway (recorded).")
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest is None:  # a plain model folder, a hub id or embedded:...
         return Parent(source=spec)
-    check_parent_gate(path, manifest, override_reason)
+    check_parent_gate(path, manifest, override_reason, child_gated=child_gated, allow_ungated=allow_ungated)
     return Parent(source=str(path), manifest=manifest,
-                  override_reason=override_reason if manifest.get("status") == "gate_failed" else None)
+                  override_reason=override_reason if manifest.get("status") == "gate_failed" else None,
+                  ungated_allowed=allow_ungated and child_gated and manifest.get("status") == "ungated")
 
 
-def stage_fingerprint(stage: str, cfg, parent: Parent) -> str:
-    """A hash of everything a stage's result depends on: its recipe section and the shared sections, the
-    parent (its manifest's hash, or the source name), and the content of every dataset its options name."""
+def fingerprint_inputs(stage: str, cfg, parent: Parent) -> dict:
+    """Everything a stage's result depends on: its recipe section and the shared sections, the parent (its
+    manifest's hash, or the source name), and the content of every dataset its options name."""
     from align.config import to_dict
     from data.registry import spec_digest
 
@@ -240,7 +308,40 @@ def stage_fingerprint(stage: str, cfg, parent: Parent) -> str:
         digest = spec_digest(value) if isinstance(value, str) else None
         if digest is not None:
             inputs["data"][key] = digest
+    return inputs
+
+
+def fingerprint_of(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_fingerprint(stage: str, cfg, parent: Parent) -> str:
+    """A hash of `fingerprint_inputs`: a finished stage whose fingerprint matches needs no rerun (pipeline)."""
+    return fingerprint_of(fingerprint_inputs(stage, cfg, parent))
+
+
+def _flat(inputs: dict, stage: str) -> dict[str, object]:
+    """Fingerprint inputs as recipe keys: sft.lr, model.source, parent, sft.data (content)."""
+    flat: dict[str, object] = {"parent": inputs.get("parent")}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in (node or {}).items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(inputs.get("section"), f"{stage}.")
+    walk(inputs.get("shared"), "")
+    flat.update({f"{stage}.{key} (content)": digest for key, digest in (inputs.get("data") or {}).items()})
+    return flat
+
+
+def setting_changes(stage: str, started: dict, now: dict) -> dict[str, dict]:
+    """The settings that differ between two fingerprint inputs: {key: {"started": old, "resumed": new}}."""
+    before, after = _flat(started, stage), _flat(now, stage)
+    return {key: {"started": before.get(key), "resumed": after.get(key)}
+            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)}
 
 
 def find_resumable(runs_dir: Path, stage: str) -> Path | None:

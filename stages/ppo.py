@@ -117,8 +117,8 @@ def run(ctx) -> dict:
     ctx.record_data(prompt_rows)
     prompts = fitting_prompts(tokenizer, [trim_prompt(row["prompt"], tokenizer, options.max_prompt_length)
                                           for row in prompt_rows.rows], options.max_length - options.max_new_tokens)
-    pairs = [{**pair, "prompt": trim_prompt(pair["prompt"], tokenizer, options.max_prompt_length)}
-             for pair in _held_out_pairs(ctx, options)]
+    held_out, dropped = _held_out_pairs(ctx, options)
+    pairs = [{**pair, "prompt": trim_prompt(pair["prompt"], tokenizer, options.max_prompt_length)} for pair in held_out]
 
     # 3. PPO.
     steps = options.max_steps if options.max_steps > 0 else math.ceil(options.epochs * len(prompts) / options.batch_size)
@@ -149,7 +149,7 @@ def run(ctx) -> dict:
     # 5. Save a model plain AutoModelForCausalLM loads.
     ctx.model_format = models.save_model(policy, tokenizer, ctx.output_dir, ctx.cfg.lora.save)
     return {**metrics, "reward_model": str(reward_dir), "train_prompts": len(prompts),
-            "prompts_too_long": len(prompt_rows.rows) - len(prompts), "eval_rows": len(pairs)}
+            "prompts_too_long": len(prompt_rows.rows) - len(prompts), "eval_rows": len(pairs), "dropped_rows": dropped}
 
 
 def resolve_reward(ctx) -> Path:
@@ -207,15 +207,21 @@ def _load_prompts(spec: str, split: str, limit: int):
     return load_prompts(spec, split, limit=limit)
 
 
-def _held_out_pairs(ctx, options) -> list[dict]:
-    """Held-out preference pairs for the comparison; none when the data has no pairs (prompt-only data)."""
-    from align.errors import DataError
-    from data.preferences import load_preferences
+def _held_out_pairs(ctx, options) -> tuple[list[dict], int]:
+    """Held-out preference pairs for the comparison, and how many bad ones were dropped. None only when the data holds no pairs at all (prompt-only
+    data, no eval_data); otherwise a file that cannot be read, or a split without one usable pair, is a DataError,
+    and a bad pair is dropped, reported and counted (the manifest's data entry, dropped_rows.txt), never skipped
+    silently."""
+    from data.preferences import load_preferences, write_dropped
+    from data.registry import load_rows
 
-    try:
-        rows = load_preferences(options.eval_data or options.data, "test", limit=options.eval_rows)
-    except DataError as error:
-        print(f"[align] ppo: no held-out preference pairs, so no comparison with the parent ({error})", flush=True)
-        return []
+    spec = options.eval_data or options.data
+    if options.eval_data is None and not any(isinstance(row, dict) and ("chosen" in row or "rejected" in row)
+                                             for row in load_rows(spec, "test", lambda row, source, number: row).rows):
+        print(f"[align] ppo: {spec} holds prompts, no preference pairs: no comparison with the parent "
+              f"(give eval_data=<preference data> for one)", flush=True)
+        return [], 0
+    rows = load_preferences(spec, "test", limit=options.eval_rows)
     ctx.record_data(rows)
-    return rows.rows
+    write_dropped(rows, ctx.output_dir)
+    return rows.rows, len(rows.dropped)

@@ -90,7 +90,7 @@ def _max_difference(a: dict, b: dict) -> float:
 def assert_same_training(two: Path, one: Path, parent: Path) -> None:
     """The 2-process stage folder trained exactly like the 1-process one, and was written by one process."""
     manifests = {n: json.loads((folder / "manifest.json").read_text()) for n, folder in ((2, two), (1, one))}
-    assert manifests[2]["status"] == manifests[1]["status"] == "promoted"
+    assert manifests[2]["status"] == manifests[1]["status"] in ("promoted", "ungated")  # ungated: gate off
     assert manifests[2]["timing"]["world_size"] == 2 and manifests[1]["timing"]["world_size"] == 1
     for key in ("steps", "train_tokens"):  # tokens are counted over both processes: duplicated rows would differ
         assert manifests[2]["metrics"][key] == manifests[1]["metrics"][key], key

@@ -71,9 +71,10 @@ def test_failed_gate_stops_the_pipeline_and_override_is_recorded(tmp_path, small
     assert run_cli(*command) == 2
     err = capsys.readouterr().err
     assert "failed its gate" in err and "crows_pairs.stereotype_share" in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1 and "Traceback" not in err
     run_dir = runs / "tiny"
-    assert _manifest(run_dir, "sft")["status"] == "gate_failed"
-    assert not (run_dir / "rm").exists()
+    assert _manifest(run_dir, "sft.gate_failed")["status"] == "gate_failed"  # beside, never in the stage folder
+    assert not (run_dir / "sft").exists() and not (run_dir / "rm").exists()
 
     assert run_cli(*command, "--override-gate", "bias limit under review") == 0
     for stage in ("sft", "dpo"):

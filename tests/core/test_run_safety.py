@@ -1,0 +1,145 @@
+"""No good model is lost and nothing is built silently on an unchecked one: a gate-failed re-run lands beside the
+promoted model and exits 2; an ungated model is marked so and a gated stage needs --allow-ungated to build on it;
+a resume (by hand, or the pipeline's own) is refused when the settings changed since the stage started, unless
+--resume-changed, which the manifest records with both values. The kill is real: a stage process, SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+# A gate of one cheap check (CrowS-Pairs likelihoods: no generation, no toxicity scorer) on 6 pairs.
+GATE = ["gate.enabled=true", "gate.benchmarks=[crows_pairs]", "gate.crows_pairs=6"]
+IMPOSSIBLE = "gate.limits.crows_pairs_stereotype_share.max=-1"  # a limit no model meets
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cache"))
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_a_gate_failed_rerun_keeps_the_promoted_model_and_exits_2(tmp_path, tiny_model_dir, capsys):
+    runs = tmp_path / "runs"
+    command = ["sft", "--config", "tiny", f"runs_dir={runs}", "--run", "r", "max_steps=2", *GATE]
+    assert run_cli(*command) == 0
+    promoted = _manifest(runs / "r" / "sft")
+    assert promoted["status"] == "promoted" and promoted["gate"]["verdict"] == "pass"
+    capsys.readouterr()
+
+    assert run_cli(*command, IMPOSSIBLE) == 2  # the CLI promise: a failed gate is exit code 2, so `sft && dpo` stops
+    err = capsys.readouterr().err
+    [line] = _error_lines(err)
+    assert "sft failed its gate (crows_pairs.stereotype_share)" in line and "sft.gate_failed" in line
+    assert "Traceback" not in err
+    assert _manifest(runs / "r" / "sft") == promoted  # the good model is untouched
+    failed = _manifest(runs / "r" / "sft.gate_failed")
+    assert failed["status"] == "gate_failed" and failed["gate"]["verdict"] == "fail"
+    assert not (runs / "r" / ".work").exists()
+
+    # The next stage still finds the promoted model by default; the gate-failed one is refused by name.
+    from align.runs import latest_promoted
+
+    assert latest_promoted(runs, "sft") == runs / "r" / "sft"
+    assert run_cli("dpo", "--config", "tiny", f"runs_dir={runs}", "--from", runs / "r" / "sft.gate_failed") == 2
+    assert "failed its gate" in _error_lines(capsys.readouterr().err)[0]
+
+
+def test_a_stage_folder_left_empty_by_a_failed_gate_names_the_folder_beside_it(tmp_path, tiny_model_dir, capsys):
+    runs = tmp_path / "runs"
+    assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "r", "max_steps=1", *GATE, IMPOSSIBLE) == 2
+    assert not (runs / "r" / "sft").exists() and (runs / "r" / "sft.gate_failed").is_dir()
+    capsys.readouterr()
+    assert run_cli("dpo", "--config", "tiny", f"runs_dir={runs}", "--from", runs / "r" / "sft") == 2
+    [line] = _error_lines(capsys.readouterr().err)
+    assert "holds no promoted model" in line and "sft.gate_failed" in line
+
+
+def test_an_ungated_model_is_marked_and_a_gated_stage_needs_allow_ungated(tiny_sft, tmp_path, capsys):
+    parent = _manifest(tiny_sft)
+    assert parent["status"] == "ungated" and parent["gate"] is None  # the tiny recipe turns the gate off
+    runs = tmp_path / "runs"
+    dpo = ["dpo", "--config", "tiny", f"runs_dir={runs}", "--from", tiny_sft, "--run", "d", "max_steps=1", *GATE]
+    assert run_cli(*dpo) == 2
+    [line] = _error_lines(capsys.readouterr().err)
+    assert "never gated" in line and "--allow-ungated" in line
+    assert not runs.exists()  # refused before anything was written
+
+    assert run_cli(*dpo, "--allow-ungated") == 0
+    child = _manifest(runs / "d" / "dpo")
+    assert child["status"] == "promoted" and child["gate"]["verdict"] == "pass"
+    assert child["parent"]["status"] == "ungated" and child["parent"]["allow_ungated"] is True
+
+
+def _sft_process(runs: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "align.run", "sft", "--config", "tiny", f"runs_dir={runs}",
+                             "--run", "tiny", "max_steps=40", "save_steps=2", *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_after_first_checkpoint(process: subprocess.Popen, checkpoints: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the stage ended before it wrote a checkpoint"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_resume_after_a_real_kill_refuses_changed_settings_unless_told(tmp_path, tiny_model_dir, capsys):
+    runs = tmp_path / "runs"
+    work = runs / "tiny" / ".work" / "sft"
+    _kill_after_first_checkpoint(_sft_process(runs, "lr=0.003"), work / "checkpoints")
+    started = json.loads((work / "started.json").read_text())
+    assert started["inputs"]["section"]["lr"] == pytest.approx(0.003)
+
+    # The pipeline's automatic resume of the interrupted stage, with another lr: refused, the keys named.
+    pipeline = ["pipeline", "--config", "tiny", f"runs_dir={runs}", "pipeline.stages=[sft]", "pipeline.eval_final=false",
+                "sft.max_steps=40", "sft.save_steps=2"]
+    assert run_cli(*pipeline, "sft.lr=0.001") == 2
+    [line] = _error_lines(capsys.readouterr().err)
+    assert "started with other settings (sft.lr 0.003 -> 0.001)" in line and "--resume-changed" in line
+    # By hand, likewise; the interrupted work is kept for a proper resume.
+    sft = ["sft", "--config", "tiny", f"runs_dir={runs}", "--run", "tiny", "max_steps=40", "save_steps=2"]
+    assert run_cli(*sft, "lr=0.001", "max_steps=41", "--resume") == 2
+    [line] = _error_lines(capsys.readouterr().err)
+    assert "sft.lr 0.003 -> 0.001" in line and "sft.max_steps 40 -> 41" in line
+    checkpoint = Path(max(work.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])))
+    assert checkpoint.is_dir()
+
+    assert run_cli(*sft, "lr=0.001", "--resume-changed") == 0
+    manifest = _manifest(runs / "tiny" / "sft")
+    assert manifest["resumed"]["checkpoint"] == str(checkpoint)
+    assert manifest["resumed"]["changed"] == {"sft.lr": {"started": pytest.approx(0.003),
+                                                         "resumed": pytest.approx(0.001)}}
+    assert manifest["metrics"]["steps"] == 40
+
+
+def test_a_resume_with_the_same_settings_is_marked_in_the_manifest(tmp_path, tiny_model_dir):
+    runs = tmp_path / "runs"
+    _kill_after_first_checkpoint(_sft_process(runs), runs / "tiny" / ".work" / "sft" / "checkpoints")
+    assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "tiny", "max_steps=40", "save_steps=2",
+                   "--resume") == 0
+    manifest = _manifest(runs / "tiny" / "sft")
+    assert manifest["resumed"]["changed"] == {} and manifest["resumed"]["checkpoint"]
+    assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "tiny", "max_steps=2") == 0
+    assert _manifest(runs / "tiny" / "sft")["resumed"] is None  # a run from the start
