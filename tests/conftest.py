@@ -54,9 +54,7 @@ def postgres_server():
 
     reason = postgres.unavailable_reason()
     if reason:
-        if os.environ.get(postgres.REQUIRE_ENV) == "1":
-            pytest.fail(f"{postgres.REQUIRE_ENV}=1 but no PostgreSQL server can be started: {reason}")
-        pytest.skip(reason)
+        postgres.skip_or_fail(reason)
     server = postgres.start_server()
     yield server
     server.stop()

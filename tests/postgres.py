@@ -18,11 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 USER, PASSWORD = "align", "align-test-pw"
-REQUIRE_ENV = "ALIGN_REQUIRE_POSTGRES"
+REQUIRE_ENV = "ALIGN_REQUIRE_POSTGRES"  # "1": no server is a failure, not a skip (set by .ci/run)
+BIN_ENV = "ALIGN_POSTGRES_BIN"  # the folder with initdb and pg_ctl, when not the usual place
 
 
 def find_bin_dir() -> Path | None:
-    """The folder with initdb/pg_ctl: on PATH, else the newest /usr/lib/postgresql/<version>/bin."""
+    """The folder with initdb/pg_ctl: $ALIGN_POSTGRES_BIN, on PATH, else the newest
+    /usr/lib/postgresql/<version>/bin."""
+    if os.environ.get(BIN_ENV):
+        folder = Path(os.environ[BIN_ENV])
+        return folder if (folder / "initdb").is_file() else None
     on_path = shutil.which("initdb")
     if on_path:
         return Path(on_path).parent
@@ -46,6 +51,15 @@ def unavailable_reason() -> str | None:
         except KeyError:
             return "running as root and there is no `postgres` user to run the server as"
     return None
+
+
+def skip_or_fail(reason: str) -> None:
+    """No server here: skip the test with the reason, or fail it when $ALIGN_REQUIRE_POSTGRES is 1."""
+    import pytest
+
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but no PostgreSQL server can be started: {reason}")
+    pytest.skip(f"no PostgreSQL server: {reason}")
 
 
 def _free_port() -> int:

@@ -106,3 +106,17 @@ def test_a_value_postgresql_refuses_is_one_clear_line_and_stores_nothing(postgre
         assert store.count_items() == 0  # the whole batch rolled back
     finally:
         store.close()
+
+
+def test_without_postgresql_binaries_the_tests_skip_unless_required(monkeypatch, tmp_path):
+    from tests import postgres
+
+    monkeypatch.setenv(postgres.BIN_ENV, str(tmp_path))  # a folder without initdb
+    reason = postgres.unavailable_reason()
+    assert reason and "binaries not found" in reason
+    monkeypatch.delenv(postgres.REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="binaries not found"):
+        postgres.skip_or_fail(reason)
+    monkeypatch.setenv(postgres.REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="ALIGN_REQUIRE_POSTGRES=1 but .*binaries not found"):
+        postgres.skip_or_fail(reason)
