@@ -188,6 +188,9 @@ def recipe_schema() -> type:
     from align.evaluation.options import EvalOptions
 
     fields.append(("eval", EvalOptions, field(default_factory=EvalOptions)))
+    from align.sweep.options import SweepOptions
+
+    fields.append(("sweep", SweepOptions, field(default_factory=SweepOptions)))
     return dataclasses.make_dataclass("Recipe", fields)
 
 
@@ -280,7 +283,8 @@ def _check_keys(data: Any, schema: DictConfig, source: str, prefix: str = "") ->
             if not isinstance(value, dict):
                 shape = "empty" if value is None else repr(value)
                 raise ConfigError(f"{source}: '{full}' is a section (a mapping of its keys), not {shape}")
-            _check_keys(value, child, source, full + ".")
+            if child._metadata.object_type is not dict:  # a free mapping (Dict[str, Any], sweep.params): its own keys
+                _check_keys(value, child, source, full + ".")
         elif isinstance(value, dict) and not isinstance(child, ListConfig):
             raise ConfigError(f"{source}: '{full}' is a single value, not a section")
 

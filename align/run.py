@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
     "eval": ("align.evaluation.command", "a model against a --baseline on data its training never used: preference accuracy, independent-judge win rates (raw and length-controlled), refusals, ROUGE/BLEU"),
     "toxicity-model": ("align.gates.toxicity", "build the offline toxicity scorer (Detoxify format) and print its held-out AUROC"),
+    "sweep": ("align.sweep.command", "hyperparameter search over a stage on Optuna (the recipe's sweep: section): every trial a gated, reloadable run; resumable, shared by several workers"),
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
     "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
     "serve": ("align.serving.cli", "an OpenAI-compatible API (chat completions, streaming, feedback, keys, /metrics) over a run's promoted models"),

@@ -57,11 +57,17 @@ def trainer_args(config_class, ctx, options, **stage_specific):
     return config_class(**kwargs)
 
 
+#: Callbacks added to every trainer that `train` runs in this process (align.sweep's pruning callback).
+EXTRA_CALLBACKS: list = []
+
+
 def train(trainer, ctx) -> dict:
     """Run (or resume) training; returns loss, steps, tokens and throughput, and saves the history."""
     from align.models import freeze_lower_layers
 
     logs_dir = ctx.work.output_dir / "logs"
+    for callback in EXTRA_CALLBACKS:
+        trainer.add_callback(callback)
     if ctx.options.trainable_layers >= 0 and not hasattr(trainer.model, "peft_config"):
         trainable = freeze_lower_layers(trainer.model, ctx.options.trainable_layers)
         print(f"[align] training the top {ctx.options.trainable_layers} layers and the head: {trainable:,} "
