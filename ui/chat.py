@@ -12,7 +12,13 @@ model's status and gate verdict from its manifest.json (the failed checks, if an
 Replies stream token by token (transformers' ``TextIteratorStreamer``, generation in a thread)
 under the model's chat template, with the system prompt and generation settings on the page.
 Compare mode (``--compare`` or the "Compare with" picker) generates both replies at once, side by
-side. Model text is shown as text: every message is HTML-escaped (``ui.label.text_html``).
+side. The picker offers only what the server started with (``--compare``, ``--compare-choice``, the
+stages under ``--runs-dir``); a caller cannot make it load a path of their own.
+
+Sign-in: whenever it is served, the app signs people in with the label store's accounts
+(throttled, as in the labeling app: `ui.access`), and feedback is credited to the signed-in name
+(``auth="login"``). ``--no-auth`` serves without sign-in on loopback hosts only; its rows carry
+``--user`` and ``auth="none"``. Model text is shown as text: every message is HTML-escaped (``ui.label.text_html``).
 
 Output filter (``--filter-toxicity T``): each finished reply is scored by the gates' toxicity scorer
 (loaded only when the filter is on); one scoring above T is withheld with a notice and never joins
@@ -34,7 +40,8 @@ from __future__ import annotations
 import html
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +50,8 @@ import gradio as gr
 from align.errors import AlignError, ModelError
 from align.runs import PROMOTABLE, failed_checks, finished_stages, read_manifest
 from data.store import LabelStore, open_store
+from ui import access
+from ui.access import GuardedLogin, TLSFiles, is_loopback
 from ui.chat_cli import DEFAULT_PORT
 from ui.label import conversation_html, text_html
 
@@ -316,30 +325,78 @@ def store_name(store: LabelStore) -> str:
     return store.engine.url.database if store.engine.dialect.name == "sqlite" else store.url
 
 
+class ModelCache:
+    """The comparison models loaded so far: at most `size`, the least recently used dropped first
+    (a generation still running keeps its own reference)."""
+
+    def __init__(self, resolve: Callable[[str], ChatModel], size: int = 2):
+        self.resolve, self.size = resolve, max(1, size)
+        self._models: OrderedDict[str, ChatModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, chat_model: ChatModel) -> None:
+        with self._lock:
+            self._models[chat_model.name] = chat_model
+            self._trim()
+
+    def get(self, name: str) -> ChatModel:
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = self.resolve(name)
+            self._models.move_to_end(name)
+            self._trim()
+            return self._models[name]
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def _trim(self) -> None:
+        while len(self._models) > self.size:
+            self._models.popitem(last=False)
+
+
+def compare_names(model: ChatModel, compare: ChatModel | None, runs_dir: str | Path,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """What the compare picker offers, fixed when the server starts: `--compare`, the `--compare-choice`
+    models, and every chat-model stage under `runs_dir` (never model A itself)."""
+    names = [*([compare.name] if compare else []), *extra, *chat_model_choices(Path(runs_dir))]
+    return [name for name in dict.fromkeys(names) if name != model.name]
+
+
 def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None = None,
-              runs_dir: str | Path = "runs", reply_filter: ToxicityFilter | None = None, user: str | None = None,
+              runs_dir: str | Path = "runs", compare_choices: Sequence[str] = (),
+              reply_filter: ToxicityFilter | None = None, user: str | None = None, loaded_models: int = 2,
               settings: GenerationSettings = GenerationSettings(), title: str = "align · chat") -> gr.Blocks:
     """The chat app for `model` (and optionally a second model to compare with), feedback into `store`.
 
-    The compare picker lists `compare` and every chat-model stage under `runs_dir`; a picked model loads
-    on first use. `user` is recorded with each feedback row.
+    The compare picker offers `compare_names(...)` only; a name not on that list is refused without
+    looking it up, and a picked model loads on first use, kept in a `ModelCache` of `loaded_models`.
+    Feedback is credited to the signed-in account (serve it with `launch(..., login=...)`); `user`
+    is for a server without sign-in (``--no-auth``, loopback only): its rows carry that name and
+    ``auth="none"``.
     """
-    models: dict[str, ChatModel] = {}
-    models_lock = threading.Lock()
+    offered = compare_names(model, compare, runs_dir, compare_choices)
+    cache = ModelCache(lambda name: resolve_chat_model(name, runs_dir), size=loaded_models)
     if compare is not None:
-        models[compare.name] = compare
-    picker_choices = [("no comparison", "")] + [(name, name) for name in
-                                                dict.fromkeys([*([compare.name] if compare else []),
-                                                               *chat_model_choices(Path(runs_dir))])
-                                                if name != model.name]
+        cache.put(compare)
+    picker_choices = [("no comparison", "")] + [(name, name) for name in offered]
 
     def compare_model(name: str | None) -> ChatModel | None:
         if not name:
             return None
-        with models_lock:
-            if name not in models:
-                models[name] = resolve_chat_model(name, runs_dir)
-            return models[name]
+        if name not in offered:  # never resolved: the answer says nothing about what exists on this machine
+            raise AlignError(f"{name!r} is not one of the models this server offers for comparison")
+        return cache.get(name)
+
+    def who(request: gr.Request | None) -> tuple[str, str]:
+        """The name feedback is credited to, and how it was known ("login" or "none")."""
+        name = getattr(request, "username", None)
+        if name:
+            return name, "login"
+        if user is not None:
+            return user, "none"
+        raise gr.Error("Not signed in.")
 
     filter_line = reply_filter.describe() if reply_filter else "off"
     with gr.Blocks(title=title, analytics_enabled=False) as app:
@@ -361,9 +418,9 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
                 max_tokens_slider = gr.Slider(1, 1024, value=settings.max_new_tokens, step=1,
                                               label="Max new tokens", elem_id="max-new-tokens")
             picker = gr.Dropdown(picker_choices, value=compare.name if compare else "", label="Compare with",
-                                 elem_id="compare-with", allow_custom_value=True,
-                                 info="a second model whose replies appear beside model A's "
-                                      "(a stage folder, model folder, hub id or embedded:...)")
+                                 elem_id="compare-with", allow_custom_value=False,
+                                 info="a second model whose replies appear beside model A's (the models "
+                                      "this server was started with)")
         conversation = gr.HTML(elem_id="conversation", elem_classes=["align-reply"])
         with gr.Row():
             with gr.Column():
@@ -452,18 +509,20 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
                            api_name="clear")
 
         # --------------------------------------------------------------------------- feedback
-        def rate(rating: str, pending: dict | None):
+        def rate(rating: str, pending: dict | None, request: gr.Request | None):
+            name, auth = who(request)
             if not pending or len(pending["replies"]) != 1:
                 return "Nothing to rate yet: send a message (without comparison) first.", pending
             if pending["withheld"][0]:
                 return "A withheld reply cannot be rated.", pending
             if pending.get("rated"):
                 return f"Already rated this reply ({pending['rated']}).", pending
-            feedback_id = store.add_feedback(pending["prompt"], pending["replies"][0], rating=rating, user=user,
-                                             model=pending["models"][0])
+            feedback_id = store.add_feedback(pending["prompt"], pending["replies"][0], rating=rating, user=name,
+                                             model=pending["models"][0], auth=auth)
             return f"Saved: {'good' if rating == 'up' else 'bad'} reply (feedback #{feedback_id}).", {**pending, "rated": rating}
 
-        def choose(index: int, pending: dict | None):
+        def choose(index: int, pending: dict | None, request: gr.Request | None):
+            name, auth = who(request)
             if not pending or len(pending["replies"]) != 2:
                 return "Nothing to compare yet: pick a model under “Compare with” and send a message.", pending
             if any(pending["withheld"]):
@@ -472,16 +531,28 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
                 return f"Already recorded: {'AB'[pending['chosen']]} is better.", pending
             other = 1 - index
             feedback_id = store.add_feedback(pending["prompt"], pending["replies"][index],
-                                             rejected=pending["replies"][other], user=user,
+                                             rejected=pending["replies"][other], user=name, auth=auth,
                                              model=f"{pending['models'][index]} > {pending['models'][other]}")
             return (f"Saved: {'AB'[index]} is better (feedback #{feedback_id}); it continues the conversation.",
                     {**pending, "chosen": index})
 
         feedback_outputs = [status, pending_state]
-        thumbs_up.click(lambda p: rate("up", p), pending_state, feedback_outputs, api_name="thumbs_up")
-        thumbs_down.click(lambda p: rate("down", p), pending_state, feedback_outputs, api_name="thumbs_down")
-        choose_a.click(lambda p: choose(0, p), pending_state, feedback_outputs, api_name="choose_a")
-        choose_b.click(lambda p: choose(1, p), pending_state, feedback_outputs, api_name="choose_b")
+        def thumbs_up_(pending, request: gr.Request):
+            return rate("up", pending, request)
+
+        def thumbs_down_(pending, request: gr.Request):
+            return rate("down", pending, request)
+
+        def choose_a_(pending, request: gr.Request):
+            return choose(0, pending, request)
+
+        def choose_b_(pending, request: gr.Request):
+            return choose(1, pending, request)
+
+        thumbs_up.click(thumbs_up_, pending_state, feedback_outputs, api_name="thumbs_up")
+        thumbs_down.click(thumbs_down_, pending_state, feedback_outputs, api_name="thumbs_down")
+        choose_a.click(choose_a_, pending_state, feedback_outputs, api_name="choose_a")
+        choose_b.click(choose_b_, pending_state, feedback_outputs, api_name="choose_b")
 
         # ----------------------------------------------------------------------- compare pick
         def pick(name: str | None):
@@ -502,32 +573,54 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
 
 
 # ----------------------------------------------------------------------------------------- server
-def launch(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, block: bool = False,
+def launch(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT,
+           login: GuardedLogin | None = None, tls: TLSFiles | None = None, block: bool = False,
            quiet: bool = True) -> str:
-    """Start `app` on host:port; return its URL (non-blocking unless `block`)."""
+    """Start `app` on host:port, signing people in through `login` (None only for --no-auth on a
+    loopback host) and serving HTTPS with `tls`; return its URL (non-blocking unless `block`)."""
+    if login is None and not is_loopback(host):
+        raise AlignError(f"the chat app without sign-in (--no-auth) is served on loopback hosts only "
+                         f"(127.0.0.1, ::1, localhost), not --host {host}")
     app.queue(default_concurrency_limit=1)  # one generation at a time: the CPU is the limit
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, show_error=True,
-               ssr_mode=False, footer_links=[], css=CSS)
-    return app.local_url
+    return access.launch(app, host=host, port=port, login=login, tls=tls, block=block, quiet=quiet,
+                         auth_message="Sign in with your align account (the label store's).", css=CSS)
 
 
-def serve(model_spec: str | None = None, *, compare: str | None = None, store: str | None = None,
-          runs_dir: str | Path = "runs", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          filter_threshold: float | None = None, scorer: str = "offline", user: str | None = None,
+def serve(model_spec: str | None = None, *, compare: str | None = None, compare_choices: Sequence[str] = (),
+          store: str | None = None, runs_dir: str | Path = "runs", host: str = "127.0.0.1",
+          port: int = DEFAULT_PORT, filter_threshold: float | None = None, scorer: str = "offline",
+          no_auth: bool = False, user: str | None = None, tls: TLSFiles | None = None,
           block: bool = True) -> gr.Blocks:
-    """Resolve and load the model(s), open the label store, and serve the chat app."""
-    chat_model = resolve_chat_model(model_spec, runs_dir).load()
-    second = resolve_chat_model(compare, runs_dir).load() if compare else None
+    """Resolve and load the model(s), open the label store, and serve the chat app.
+
+    Sign-in uses the label store's accounts; `no_auth` (loopback hosts only) serves without it and
+    credits feedback to `user`, recorded as such."""
+    if no_auth and not is_loopback(host):
+        raise AlignError(f"--no-auth serves the chat app without sign-in, so only on a loopback host "
+                         f"(127.0.0.1, ::1, localhost), not --host {host}; drop --no-auth to sign in with "
+                         f"the label store's accounts")
+    chat_model = resolve_chat_model(model_spec, runs_dir)
+    second = resolve_chat_model(compare, runs_dir) if compare else None
     store_location = store or default_store_path(chat_model, runs_dir)
     label_store = open_store(store_location)
+    if not no_auth and not label_store.annotator_names():
+        raise AlignError(f"label store {store_name(label_store)} has no accounts to sign in with: add one with "
+                         f"`python -m align.run label --store {store_location} --add-user NAME`, or chat on "
+                         f"this machine only with --no-auth")
+    chat_model.load()
+    if second is not None:
+        second.load()
     reply_filter = None
     if filter_threshold is not None:
         reply_filter = ToxicityFilter(filter_threshold, scorer)
         reply_filter.load()  # now, not on the first reply: building the offline scorer takes minutes once
-    app = build_app(chat_model, store=label_store, compare=second, runs_dir=runs_dir, reply_filter=reply_filter,
-                    user=user)
+    app = build_app(chat_model, store=label_store, compare=second, compare_choices=compare_choices,
+                    runs_dir=runs_dir, reply_filter=reply_filter, user=user if no_auth else None)
     print(f"align chat: {chat_model.name} ({chat_model.verdict})"
           + (f" vs {second.name} ({second.verdict})" if second else "")
-          + f"; feedback to {store_name(label_store)}; serving http://{host}:{port}", flush=True)
-    launch(app, host=host, port=port, block=block)
+          + f"; feedback to {store_name(label_store)}; "
+          + ("NO sign-in (--no-auth)" if no_auth else "sign-in with the store's accounts")
+          + f"; serving {'https' if tls else 'http'}://{host}:{port}", flush=True)
+    launch(app, host=host, port=port, login=None if no_auth else GuardedLogin(label_store.check_password),
+           tls=tls, block=block)
     return app

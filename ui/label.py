@@ -15,6 +15,9 @@ The same server answers API calls (``gradio_client``, logged in with ``auth=(nam
 ``/next_item`` → the caller's next item; ``/submit(item_id, ranking, all_unacceptable, flags)``
 → the stored label id; ``/export`` (admins) → the preference rows.
 
+Only the annotator an item was given to may label it (`LabelStore.submit` checks the hold and the
+item's quota in the same transaction); sign-ins are throttled per name and address (`ui.access`).
+
 Holds: an item served to an annotator is held for them for ``hold_seconds``; holds lapse after
 that, and `serve` drops all holds when the server starts (the people they were for lost their
 page with the old process), so a restart releases held items at once.
@@ -33,6 +36,8 @@ import gradio as gr
 from align.errors import AlignError
 from data.labels import FLAG_NAMES, RankingError, tiers_from_ranks
 from data.store import DEFAULT_HOLD_SECONDS, LabelStore, open_store
+from ui import access
+from ui.access import GuardedLogin, TLSFiles
 from ui.label_cli import DEFAULT_PORT
 
 LETTERS = "ABCDEFGH"
@@ -285,17 +290,19 @@ def build_app(store: LabelStore, *, k_order_seed: int = 0, hold_seconds: float |
 
 # ----------------------------------------------------------------------------------------- server
 def launch(app: gr.Blocks, store: LabelStore, *, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT,
-           block: bool = False, quiet: bool = True) -> str:
-    """Start `app` with the store's login on host:port; return its URL (non-blocking unless `block`)."""
+           tls: TLSFiles | None = None, login: GuardedLogin | None = None, block: bool = False,
+           quiet: bool = True) -> str:
+    """Start `app` with the store's login (throttled: `ui.access`) on host:port, HTTPS with `tls`;
+    return its URL (non-blocking unless `block`)."""
     app.queue(default_concurrency_limit=16)
-    app.launch(server_name=host, server_port=port, auth=store.check_password,
-               auth_message="Sign in with your align labeling account.", prevent_thread_lock=not block,
-               quiet=quiet, show_error=True, ssr_mode=False, footer_links=[], css=CSS, head=SHORTCUTS_JS)
-    return app.local_url
+    return access.launch(app, host=host, port=port, login=login or GuardedLogin(store.check_password),
+                         auth_message="Sign in with your align labeling account.", tls=tls, block=block,
+                         quiet=quiet, css=CSS, head=SHORTCUTS_JS)
 
 
 def serve(store_url: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, annotators_per_item: int = 1,
-          hold_seconds: float = DEFAULT_HOLD_SECONDS, k_order_seed: int = 0, block: bool = True) -> gr.Blocks:
+          hold_seconds: float = DEFAULT_HOLD_SECONDS, k_order_seed: int = 0, tls: TLSFiles | None = None,
+          block: bool = True) -> gr.Blocks:
     """Open the store, drop stale holds, and serve the labeling app (blocks until stopped by default)."""
     store = open_store(store_url, annotators_per_item=annotators_per_item, hold_seconds=hold_seconds)
     if not store.annotator_names():
@@ -304,6 +311,7 @@ def serve(store_url: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, 
     released = store.release_holds()
     app = build_app(store, k_order_seed=k_order_seed)
     print(f"align label: {store.count_items()} items in {store.url}; {annotators_per_item} annotator(s) per "
-          f"item; released {released} hold(s) left by the last server; serving http://{host}:{port}", flush=True)
-    launch(app, store, host=host, port=port, block=block)
+          f"item; released {released} hold(s) left by the last server; serving "
+          f"{'https' if tls else 'http'}://{host}:{port}", flush=True)
+    launch(app, store, host=host, port=port, tls=tls, block=block)
     return app

@@ -2,6 +2,9 @@
 
     python -m align.run label --add-user ada                 # password from a prompt / $ALIGN_PASSWORD
     python -m align.run label --add-user lead --role admin
+    python -m align.run label --add-user ada --reset-password      # an existing account: a new password
+    python -m align.run label --add-user ada --set-role admin      # an existing account: a new role
+    python -m align.run label --ssl-certfile cert.pem --ssl-keyfile key.pem --host 0.0.0.0   # HTTPS
     python -m align.run label --store runs/demo/labels.sqlite --annotators-per-item 3
     python -m align.run label --export prefs.jsonl           # consensus pairs, as `labels:<store>` reads them
 
@@ -16,7 +19,8 @@ import os
 from pathlib import Path
 
 from align.errors import AlignError
-from data.store import DEFAULT_HOLD_SECONDS, open_store
+from data.store import DEFAULT_HOLD_SECONDS, ROLES, open_store
+from ui.access import add_tls_arguments, tls_files
 
 DEFAULT_PORT = 7861
 
@@ -51,27 +55,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long an item served to an annotator stays reserved for them")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-annotator reply order")
     parser.add_argument("--add-user", metavar="NAME",
-                        help="create (or reset) an account and exit; the password comes from $ALIGN_PASSWORD, "
-                             "the file in $ALIGN_PASSWORD_FILE, or a prompt")
-    parser.add_argument("--role", choices=["annotator", "admin"], default="annotator", help="role for --add-user")
+                        help="create an account and exit (an existing name is refused unless --reset-password "
+                             "or --set-role is given); the password (8 characters at least) comes from "
+                             "$ALIGN_PASSWORD, the file in $ALIGN_PASSWORD_FILE, or a prompt")
+    parser.add_argument("--role", choices=ROLES, default="annotator", help="role of a new account (--add-user)")
+    parser.add_argument("--reset-password", action="store_true",
+                        help="with --add-user NAME: give the existing account a new password (its role is kept)")
+    parser.add_argument("--set-role", choices=ROLES, default=None,
+                        help="with --add-user NAME: change the existing account's role (its password is kept)")
+    add_tls_arguments(parser)
     parser.add_argument("--export", metavar="JSONL", help="write the consensus preference pairs to JSONL and exit")
 
 
 def main(args: argparse.Namespace) -> int:
     store_location = args.store or default_store()
+    if (args.reset_password or args.set_role) and not args.add_user:
+        raise AlignError("--reset-password and --set-role change the account named by --add-user NAME")
     if args.add_user:
-        store = open_store(store_location)
-        store.add_annotator(args.add_user, read_password(args.add_user), args.role, replace=True)
-        print(f"account {args.add_user!r} ({args.role}) saved in {store.url}")
-        return 0
+        return _save_account(open_store(store_location), args)
     if args.export:
         rows = open_store(store_location).write_preferences_jsonl(args.export)
         print(f"wrote {rows} preference pairs to {args.export}")
         return 0
     from ui.label import serve  # gradio loads only when the app is served
 
+    tls = tls_files(args.ssl_certfile, args.ssl_keyfile)
     serve(store_location, args.host, args.port, annotators_per_item=args.annotators_per_item,
-          hold_seconds=args.hold_minutes * 60, k_order_seed=args.seed)
+          hold_seconds=args.hold_minutes * 60, k_order_seed=args.seed, tls=tls)
+    return 0
+
+
+def _save_account(store, args: argparse.Namespace) -> int:
+    """--add-user: a new account; an existing one only with --reset-password and/or --set-role."""
+    name = args.add_user.strip()
+    if store.role(name) is None:
+        role = args.set_role or args.role
+        store.add_annotator(name, read_password(name), role)
+        print(f"account {name!r} ({role}) created in {store.url}")
+        return 0
+    if not (args.reset_password or args.set_role):
+        raise AlignError(f"account {name!r} exists already in {store.url}: give --reset-password for a new "
+                         "password and/or --set-role ROLE for a new role")
+    store.update_annotator(name, password=read_password(name) if args.reset_password else None,
+                           role=args.set_role)
+    changed = [what for what, given in (("password reset", args.reset_password),
+                                        (f"role {args.set_role}", args.set_role)) if given]
+    print(f"account {name!r}: {', '.join(changed)} in {store.url}")
     return 0
 
 

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from tests.ui.label_support import free_port
+from ui.access import GuardedLogin
 from ui.chat import ChatModel, ToxicityFilter, build_app, launch, resolve_chat_model
 
 PASSED_GATE = {"verdict": "pass", "override": None, "error": None,
@@ -35,14 +36,17 @@ def make_stage(runs_dir: Path, run: str, stage: str, model_dir: Path, *, status:
 
 @contextlib.contextmanager
 def running_chat(model: str | ChatModel, store, *, compare: str | None = None, runs_dir: Path | str = "runs",
-                 filter_threshold: float | None = None, scorer: str | None = None, user: str = "tester"):
-    """The real chat app served on a free loopback port; yields its URL."""
+                 compare_choices=(), filter_threshold: float | None = None, scorer: str | None = None,
+                 no_auth: bool = False, user: str = "tester", tls=None, loaded_models: int = 2):
+    """The real chat app served on a free loopback port; yields its URL. It signs people in with the
+    store's accounts, unless `no_auth` (then feedback is credited to `user`)."""
     chat_model = model if isinstance(model, ChatModel) else resolve_chat_model(model, runs_dir)
     second = resolve_chat_model(compare, runs_dir) if compare else None
     reply_filter = ToxicityFilter(filter_threshold, scorer) if filter_threshold is not None else None
-    app = build_app(chat_model, store=store, compare=second, runs_dir=runs_dir, reply_filter=reply_filter,
-                    user=user)
-    url = launch(app, host="127.0.0.1", port=free_port())
+    app = build_app(chat_model, store=store, compare=second, runs_dir=runs_dir, compare_choices=compare_choices,
+                    reply_filter=reply_filter, user=user if no_auth else None, loaded_models=loaded_models)
+    url = launch(app, host="127.0.0.1", port=free_port(), login=None if no_auth else GuardedLogin(store.check_password),
+                 tls=tls)
     try:
         yield url.rstrip("/")
     finally:

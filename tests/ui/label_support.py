@@ -19,14 +19,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def password_of(name: str) -> str:
+    """The password `make_store` gives an account."""
+    return f"password-of-{name}"
+
+
 def make_store(path, *, annotators=("ada", "bob"), admins=("boss",), items=(), annotators_per_item=1,
                hold_seconds=600):
-    """A store with accounts (password ``pw-<name>``) and items given as (prompt text, [replies])."""
+    """A store with accounts (password `password_of(name)`) and items given as (prompt text, [replies])."""
     store = open_store(path, annotators_per_item=annotators_per_item, hold_seconds=hold_seconds)
     for name in annotators:
-        store.add_annotator(name, f"pw-{name}")
+        store.add_annotator(name, password_of(name))
     for name in admins:
-        store.add_annotator(name, f"pw-{name}", role="admin")
+        store.add_annotator(name, password_of(name), role="admin")
     if items:
         store.add_items([[{"role": "user", "content": text}] for text, _ in items], [r for _, r in items],
                         model="test")
@@ -34,10 +39,10 @@ def make_store(path, *, annotators=("ada", "bob"), admins=("boss",), items=(), a
 
 
 @contextlib.contextmanager
-def running_app(store, **build_options):
-    """The real labeling app served on a free loopback port; yields its URL."""
+def running_app(store, *, tls=None, login=None, **build_options):
+    """The real labeling app served on a free loopback port (HTTPS with `tls`); yields its URL."""
     app = build_app(store, **build_options)
-    url = launch(app, store, host="127.0.0.1", port=free_port())
+    url = launch(app, store, host="127.0.0.1", port=free_port(), tls=tls, login=login)
     try:
         yield url.rstrip("/")
     finally:
@@ -62,7 +67,7 @@ def log_in(browser, url, name, password=None):
     page = browser.new_context(viewport={"width": 1200, "height": 1400}).new_page()
     page.goto(url)
     page.get_by_label("username").fill(name)
-    page.get_by_label("password").fill(password or f"pw-{name}")
+    page.get_by_label("password").fill(password or password_of(name))
     page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#header p", timeout=30_000)
     return page

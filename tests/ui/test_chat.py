@@ -10,8 +10,8 @@ import re
 import pytest
 
 from align.errors import ModelError
-from data.store import open_store
 from tests.ui.chat_support import FAILED_GATE, make_stage, running_chat
+from tests.ui.label_support import make_store, password_of
 from ui.chat import EMBEDDED_DEFAULT, default_store_path, gate_summary, resolve_chat_model
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,9 +21,17 @@ SEND_DEFAULTS = dict(system_prompt="", temperature=1.0, top_p=0.9, max_new_token
 
 @pytest.fixture()
 def store(tmp_path):
-    store = open_store(tmp_path / "labels.sqlite")
+    """A label store with the accounts ada, bob (annotators) and boss (admin): the chat app's sign-in."""
+    store = make_store(tmp_path / "labels.sqlite")
     yield store
     store.close()
+
+
+def signed_in(url, name="ada"):
+    """A gradio_client signed in with one of the store's accounts."""
+    from gradio_client import Client
+
+    return Client(url, auth=(name, password_of(name)), verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +97,8 @@ def test_refuses_a_reward_model_and_a_run_without_a_promoted_chat_model(runs, tm
 
 # ---------------------------------------------------------------------------------- through Gradio
 def test_a_message_gets_a_streamed_reply_and_thumbs_are_stored(tiny_model_dir, store):
-    from gradio_client import Client
-
     with running_chat(str(tiny_model_dir), store) as url:
-        client = Client(url, verbose=False)
+        client = signed_in(url)
         updates, final = stream(client, "hello <b>there</b>", system_prompt="Be brief.")
         conversation, reply_a, reply_b, status, _message = final
         partial = [u[1] for u in updates[1:-1] if isinstance(u[1], str) and plain(u[1]).strip()]
@@ -114,7 +120,8 @@ def test_a_message_gets_a_streamed_reply_and_thumbs_are_stored(tiny_model_dir, s
     assert [r["rating"] for r in rows] == ["up", "down"]
     assert rows[0]["conversation"] == [{"role": "system", "content": "Be brief."},
                                        {"role": "user", "content": "hello <b>there</b>"}]
-    assert rows[0]["reply"] == reply and rows[0]["user"] == "tester" and rows[0]["model"] == str(tiny_model_dir)
+    assert rows[0]["reply"] == reply and rows[0]["model"] == str(tiny_model_dir)
+    assert (rows[0]["user"], rows[0]["auth"]) == ("ada", "login")  # the signed-in account
     assert rows[1]["conversation"] == [{"role": "user", "content": "hello <b>there</b>"},  # system prompt cleared
                                        {"role": "assistant", "content": reply},
                                        {"role": "user", "content": "and then?"}]
@@ -122,13 +129,11 @@ def test_a_message_gets_a_streamed_reply_and_thumbs_are_stored(tiny_model_dir, s
 
 
 def test_compare_choices_become_preference_pairs_for_training(runs, store, tmp_path):
-    from gradio_client import Client
-
     from data.registry import read_spec
 
     sft, dpo = str(runs / "demo" / "sft"), str(runs / "demo" / "dpo")
     with running_chat(dpo, store, compare=sft, runs_dir=runs) as url:
-        client = Client(url, verbose=False)
+        client = signed_in(url, "bob")
         assert client.predict(api_name="/thumbs_up").startswith("Nothing to rate")
         updates, final = stream(client, "which is better?", compare_with=sft)
         both = [u for u in updates if isinstance(u[2], str) and plain(u[2]).strip()]
@@ -143,7 +148,7 @@ def test_compare_choices_become_preference_pairs_for_training(runs, store, tmp_p
 
     [row] = store.feedback()
     assert (row["reply"], row["rejected"], row["rating"]) == (reply_b, reply_a, None)
-    assert row["model"] == f"{sft} > {dpo}"
+    assert row["model"] == f"{sft} > {dpo}" and (row["user"], row["auth"]) == ("bob", "login")
     pair = {"prompt": [{"role": "user", "content": "which is better?"}],
             "chosen": [{"role": "assistant", "content": reply_b}],
             "rejected": [{"role": "assistant", "content": reply_a}]}
@@ -163,10 +168,8 @@ def small_scorer(tmp_path_factory) -> str:
 
 
 def test_the_toxicity_filter_withholds_replies_above_the_threshold(tiny_model_dir, store, small_scorer):
-    from gradio_client import Client
-
     with running_chat(str(tiny_model_dir), store, filter_threshold=0.0, scorer=small_scorer) as url:
-        client = Client(url, verbose=False)
+        client = signed_in(url)
         updates, final = stream(client, "say something")
         streamed = [u[1] for u in updates[1:-1] if isinstance(u[1], str)]
         assert streamed and all("shown once the toxicity check has passed" in s for s in streamed)
@@ -175,7 +178,7 @@ def test_the_toxicity_filter_withholds_replies_above_the_threshold(tiny_model_di
         _, final = stream(client, "again")  # the withheld turn left the conversation
         assert "say something" not in plain(final[0])
     with running_chat(str(tiny_model_dir), store, filter_threshold=1.0, scorer=small_scorer) as url:
-        _, final = stream(Client(url, verbose=False), "say something")
+        _, final = stream(signed_in(url), "say something")
         assert "withheld" not in final[1] and plain(final[1]).strip()
     assert store.feedback() == []
 
@@ -188,3 +191,78 @@ def test_chat_command_is_registered_and_checks_its_threshold(capsys):
     assert "--compare" in capsys.readouterr().out
     assert run_cli("chat", "--filter-toxicity", "1.5") == 2
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- who may write
+def test_feedback_needs_an_account_and_is_credited_to_the_signed_in_one(tiny_model_dir, store):
+    import httpx
+    from gradio_client import Client
+
+    with running_chat(str(tiny_model_dir), store, user="the-server-user") as url:
+        with pytest.raises(Exception, match="login|auth|401"):  # unauthenticated: not even the app's config
+            Client(url, verbose=False)
+        assert httpx.post(f"{url}/gradio_api/call/thumbs_up", json={"data": []}).status_code == 401
+        with pytest.raises(Exception, match="Could not login"):
+            Client(url, auth=("bob", "not bob's password"), verbose=False)
+        bob = signed_in(url, "bob")
+        stream(bob, "hello")
+        assert bob.predict(api_name="/thumbs_down").startswith("Saved: bad reply")
+        ada = signed_in(url, "ada")  # another person's session has no reply of bob's to rate
+        assert ada.predict(api_name="/thumbs_up").startswith("Nothing to rate")
+    [row] = store.feedback()
+    assert (row["user"], row["auth"], row["rating"]) == ("bob", "login", "down")
+
+
+def test_no_auth_is_for_loopback_hosts_only_and_marks_its_rows(tiny_model_dir, store, capsys):
+    from gradio_client import Client
+
+    from align.errors import AlignError
+    from tests.helpers import run_cli
+    from tests.ui.label_support import free_port
+    from ui.chat import build_app, launch
+
+    app = build_app(resolve_chat_model(str(tiny_model_dir)), store=store, user="me")
+    with pytest.raises(AlignError, match="loopback hosts only"):
+        launch(app, host="0.0.0.0", port=free_port(), login=None)
+    assert run_cli("chat", "--no-auth", "--host", "0.0.0.0", "--model", tiny_model_dir) == 2
+    assert "--no-auth serves the chat app without sign-in, so only on a loopback host" in capsys.readouterr().err
+    assert run_cli("chat", "--user", "someone", "--model", tiny_model_dir) == 2  # --user only names a --no-auth user
+    empty = store.engine.url.database.replace("labels.sqlite", "empty.sqlite")
+    assert run_cli("chat", "--model", tiny_model_dir, "--store", empty) == 2
+    assert "has no accounts to sign in with" in capsys.readouterr().err
+
+    with running_chat(str(tiny_model_dir), store, no_auth=True, user="me") as url:
+        client = Client(url, verbose=False)
+        stream(client, "hello")
+        assert client.predict(api_name="/thumbs_up").startswith("Saved")
+    [row] = store.feedback()
+    assert (row["user"], row["auth"]) == ("me", "none")
+
+
+def test_the_compare_list_is_fixed_at_start_and_refuses_other_paths_alike(runs, store, tmp_path, tiny_model_dir):
+    sft, dpo = str(runs / "demo" / "sft"), str(runs / "demo" / "dpo")
+    extra = tmp_path / "offered"
+    extra.symlink_to(tiny_model_dir)
+    with running_chat(dpo, store, runs_dir=runs, compare_choices=[str(extra)]) as url:
+        client = signed_in(url)
+        answers = []
+        for name in (str(tiny_model_dir), str(tmp_path / "no-such-folder")):  # a real model folder, and nothing
+            with pytest.raises(Exception) as refused:
+                stream(client, "hi", compare_with=name)
+            answers.append(str(refused.value).replace(name, "NAME"))
+        assert answers[0] == answers[1], answers  # the answer does not tell which path exists
+        assert "is not in the list of choices" in answers[0]  # Gradio's check of the picker, before align's own
+        for offered in (sft, str(extra)):  # a stage under runs/, and a --compare-choice
+            _, final = stream(client, "hi", compare_with=offered)
+            assert plain(final[2]).strip() and final[3].endswith("Which reply is better?")
+
+
+def test_the_model_cache_keeps_the_few_most_recently_used():
+    from ui.chat import ChatModel, ModelCache
+
+    made = []
+    cache = ModelCache(lambda name: made.append(name) or ChatModel(name=name, source=name), size=2)
+    for name in ["a", "b", "a", "c", "b"]:
+        cache.get(name)
+    assert made == ["a", "b", "c", "b"]  # "b" was dropped when "c" came ("a" had been used since)
+    assert cache.names() == ["c", "b"]

@@ -9,7 +9,7 @@ import pytest
 
 from data.store import open_store
 from tests.ui.chat_support import make_stage, running_chat
-from tests.ui.label_support import chromium
+from tests.ui.label_support import chromium, make_store, password_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -32,9 +32,14 @@ def letters(text: str) -> str:
     return re.sub(r"\W", "", text)
 
 
-def open_chat(browser, url):
+def open_chat(browser, url, name=None):
+    """The chat page; signed in on the login page first as `name` (a `make_store` account) if given."""
     page = browser.new_context(viewport={"width": 1200, "height": 1100}).new_page()
     page.goto(url)
+    if name:
+        page.get_by_label("username").fill(name)
+        page.get_by_label("password").fill(password_of(name))
+        page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#message textarea", timeout=30_000)
     return page
 
@@ -46,9 +51,9 @@ def send(page, message: str) -> None:
 
 
 def test_a_streamed_reply_appears_and_thumbs_up_is_stored(tmp_path, tiny_model_dir):
-    store = open_store(tmp_path / "labels.sqlite")
-    with running_chat(str(tiny_model_dir), store, user="ada") as url, chromium() as browser:
-        page = open_chat(browser, url)
+    store = make_store(tmp_path / "labels.sqlite")
+    with running_chat(str(tiny_model_dir), store) as url, chromium() as browser:
+        page = open_chat(browser, url, "ada")  # the page signs in with the store's accounts
         assert "no gate run" in page.inner_text("#model-info")
         page.evaluate(WATCH_REPLY_JS)
         send(page, MARKUP)
@@ -66,7 +71,7 @@ def test_a_streamed_reply_appears_and_thumbs_up_is_stored(tmp_path, tiny_model_d
         page.wait_for_function("document.querySelector('#status').innerText.includes('Saved')", timeout=30_000)
 
     [row] = store.feedback()
-    assert row["rating"] == "up" and row["user"] == "ada" and row["rejected"] is None
+    assert row["rating"] == "up" and (row["user"], row["auth"]) == ("ada", "login") and row["rejected"] is None
     assert row["conversation"] == [{"role": "user", "content": MARKUP}]
     assert letters(row["reply"]) == letters(shown)
 
@@ -75,7 +80,7 @@ def test_picking_a_model_to_compare_shows_two_replies_and_stores_the_choice(tmp_
     runs = tmp_path / "runs"
     sft = make_stage(runs, "demo", "sft", tiny_model_dir)
     store = open_store(tmp_path / "labels.sqlite")
-    with running_chat(str(tiny_model_dir), store, runs_dir=runs) as url, chromium() as browser:
+    with running_chat(str(tiny_model_dir), store, runs_dir=runs, no_auth=True) as url, chromium() as browser:
         page = open_chat(browser, url)
         assert page.locator("#thumbs-up").is_visible() and not page.locator("#reply-b").is_visible()
         page.click("text=System prompt and generation settings")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui.label_support import free_port, make_store
+from tests.ui.label_support import free_port, make_store, password_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,7 +46,7 @@ def start_server(store_path: str, port: int, log: Path) -> subprocess.Popen:
 def client(port: int, name: str):
     from gradio_client import Client
 
-    return Client(f"http://127.0.0.1:{port}/", auth=(name, f"pw-{name}"), verbose=False,
+    return Client(f"http://127.0.0.1:{port}/", auth=(name, password_of(name)), verbose=False,
                   httpx_kwargs={"timeout": 60})
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from tests.ui.label_support import make_store, running_app
+from tests.ui.label_support import make_store, password_of, running_app
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -23,7 +23,7 @@ ITEMS = [(f"prompt {n}", [f"reply {n}.{k}" for k in range(3)]) for n in range(30
 def log_in(url, name):
     from gradio_client import Client
 
-    return Client(url, auth=(name, f"pw-{name}"), verbose=False, httpx_kwargs={"timeout": 60})
+    return Client(url, auth=(name, password_of(name)), verbose=False, httpx_kwargs={"timeout": 60})
 
 
 def label_until_done(client, name, acked, latencies, errors):
