@@ -92,6 +92,11 @@ class LoginThrottle:
                     delay = self.base_delay_s * 2 ** (count.failures - self.free_failures)
                     count.locked_until = now + min(self.max_delay_s, delay)
 
+    def describe(self) -> str:
+        """The rule in a sentence, for the login page (which shows a refusal only as wrong credentials)."""
+        return (f"After {self.free_failures} failed sign-ins, a name and an address wait {self.base_delay_s:g} s "
+                f"before the next try, doubling with each further failure (at most {self.max_delay_s / 60:g} min).")
+
     def succeeded(self, keys: list[tuple[str, str]]) -> None:
         with self._lock:
             for key in keys:
@@ -160,6 +165,8 @@ def launch(app, *, host: str, port: int | None, login: GuardedLogin | None, auth
     """
     from starlette.middleware import Middleware
 
+    if login is not None:
+        auth_message = " ".join(filter(None, [auth_message, login.throttle.describe()]))
     app.launch(server_name=host, server_port=port, auth=login, auth_message=auth_message,
                prevent_thread_lock=not block, quiet=quiet, show_error=True, ssr_mode=False, footer_links=[],
                ssl_certfile=tls.certfile if tls else None, ssl_keyfile=tls.keyfile if tls else None,

@@ -63,6 +63,10 @@ def test_sign_in_is_throttled_per_name_and_per_address_with_a_clear_line(tmp_pat
     store = make_store(tmp_path / "labels.sqlite", annotators=("ada", "bob", "cy"))
     guard = GuardedLogin(store.check_password, LoginThrottle(free_failures=5, base_delay_s=1.5))
     with running_app(store, login=guard) as url:
+        import httpx
+
+        page_config = httpx.get(f"{url}/config").json()["detail"]  # what the login page shows
+        assert "After 5 failed sign-ins, a name and an address wait 1.5 s" in page_config["auth_message"]
         assert [login(url, "ada", f"guess {n}").status_code for n in range(5)] == [400] * 5
         locked = login(url, "ada", password_of("ada"))  # the right password, but too late
         assert locked.status_code == 429
