@@ -19,6 +19,7 @@ by (seed, prompt, sample) makes a reply independent of which other replies share
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import numpy as np
@@ -88,6 +89,13 @@ class NucleusSampler(LogitsProcessor):
         self.top_k = int(top_k) if top_k else None
         self.candidates = candidates
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def with_generators(self, generators) -> "NucleusSampler":
+        """The same settings drawing with `generators` (one per row, their states shared, not copied): rows that
+        belong to several samplers (the serving engine's batch) sampled in one call."""
+        other = copy.copy(self)
+        other.generators = list(generators)
+        return other
 
     def __call__(self, input_ids, scores):
         import torch

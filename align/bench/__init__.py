@@ -15,7 +15,8 @@ Then the gate (replies/s of align.generate.generate_replies, texts/s of the toxi
 (submit latency p50/p95). A table goes to the terminal, everything to a JSON file.
 
 `python -m align.bench gate-power` measures something else: whether the gate sees a planted toxicity regression
-and keeps quiet about children that did not regress (align/bench/gate_power.py).
+and keeps quiet about children that did not regress (align/bench/gate_power.py). `python -m align.bench serve-load`
+load-tests `python -m align.run serve` (align/bench/serve_load.py).
 """
 
 from __future__ import annotations
@@ -295,6 +296,10 @@ def cli(argv: list[str] | None = None) -> int:
         from align.bench.gate_power import cli as gate_power
 
         return gate_power(argv[1:])
+    if argv[:1] == ["serve-load"]:
+        from align.bench.serve_load import cli as serve_load
+
+        return serve_load(argv[1:])
     from align.run import main as run_main
 
     return run_main(["bench", *argv])

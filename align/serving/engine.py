@@ -256,13 +256,7 @@ class TransformersEngine:
             batch.keep([])
             return
         batch.cache, batch.mask = out.past_key_values, mask
-        scores = out.logits[:, -1].float()
-        chosen = []
-        for i, row in enumerate(batch.rows):
-            if row.sampler is None:
-                chosen.append(int(scores[i].argmax()))
-            else:
-                chosen.append(int(row.sampler(None, scores[i:i + 1]).argmax()))
+        chosen = self._sample(batch.rows, out.logits[:, -1].float())
         keep = []
         for i, (row, token) in enumerate(zip(batch.rows, chosen)):
             if not self._advance(row, token):
@@ -270,6 +264,22 @@ class TransformersEngine:
         batch.next_tokens = torch.tensor(chosen, dtype=torch.long, device=mask.device)
         batch.positions = batch.positions + 1
         batch.keep(keep)
+
+    @staticmethod
+    def _sample(rows: list[_Row], scores) -> list[int]:
+        """Each row's next token: greedy rows by argmax, the others by their own generators, the rows that share
+        temperature and top_p in one sampler call (`NucleusSampler.with_generators`)."""
+        chosen = scores.argmax(dim=-1).tolist()
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            if row.sampler is not None:
+                groups.setdefault((row.sampler.temperature, row.sampler.top_p), []).append(i)
+        for indices in groups.values():
+            sampler = rows[indices[0]].sampler.with_generators([rows[i].sampler.generators[0] for i in indices])
+            drawn = sampler(None, scores[indices]).argmax(dim=-1).tolist()
+            for i, token in zip(indices, drawn):
+                chosen[i] = token
+        return chosen
 
     def _advance(self, row: _Row, token: int) -> bool:
         """Record `token` for `row`, emit its new text; True when the row has finished."""
