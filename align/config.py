@@ -245,7 +245,10 @@ def _read_yaml(path: Path, schema: DictConfig, seen: tuple[Path, ...] = ()) -> t
         return data, origins
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base={base!r} must be a recipe name or path")
-    base_path = recipe_path(base) if not Path(base).is_absolute() else Path(base)
+    try:
+        base_path = recipe_path(base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base: {exc}") from None
     if base_path.resolve() in seen:
         raise ConfigError(f"{path}: `base: {base}` makes a cycle")
     base_data, base_origins = _read_yaml(base_path, schema, seen + (path.resolve(),))

@@ -28,17 +28,23 @@ _LOCAL_RANK_VARS = ["LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK
 _wait_group = None  # created by start() in every process
 
 
+def get_int_from_env(names, default: int) -> int:
+    """The first of `names` set to a non-negative integer, else `default` (accelerate's rule, without importing
+    torch: every command asks this before anything else, and a bad argument should fail in well under a second)."""
+    for name in names:
+        value = int(os.environ.get(name, -1))
+        if value >= 0:
+            return value
+    return default
+
+
 def world_size() -> int:
     """How many processes train together (1 without a launcher)."""
-    from accelerate.utils import get_int_from_env
-
     return get_int_from_env(_WORLD_SIZE_VARS, 1)
 
 
 def rank() -> int:
     """This process's index among all processes, 0 for the main one."""
-    from accelerate.utils import get_int_from_env
-
     return get_int_from_env(_RANK_VARS, 0)
 
 
@@ -48,8 +54,6 @@ def is_main() -> bool:
 
 def is_local_main() -> bool:
     """The first process of its machine (each machine has its own model cache)."""
-    from accelerate.utils import get_int_from_env
-
     return get_int_from_env(_LOCAL_RANK_VARS, 0) == 0
 
 

@@ -23,7 +23,7 @@ from align.errors import AlignError  # noqa: E402
 # name: (module, one-line help) — commands that are not training stages.
 COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("align.run", "list the shipped recipes"),
-    "data": ("align.run", "list the shipped datasets"),
+    "data": ("align.run", "list the shipped datasets, or check a dataset row by row (--check SPEC --kind ...)"),
     "pipeline": ("align.pipeline", "all stages of a recipe in order, each gated, resumable: SFT → RM → DPO by default"),
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
     "eval": ("align.evaluation.command", "a model against a --baseline on data its training never used: preference accuracy, independent-judge win rates (raw and length-controlled), refusals, ROUGE/BLEU"),
@@ -108,16 +108,46 @@ def _list_recipes(args) -> int:
     return 0
 
 
+DATA_KINDS = ("chat", "preference", "prompts")
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check", metavar="SPEC", help="validate a dataset (a file, a shipped name, labels:<store>) "
+                                                        "as a stage would, without training: exit 2 at the first bad "
+                                                        "row, naming its file, line and field")
+    parser.add_argument("--kind", choices=DATA_KINDS, default="chat",
+                        help="what the rows must be: chat (sft), preference (rm, dpo) or prompts (ppo, candidates)")
+    parser.add_argument("--split", choices=("train", "test", "all"), default="all", help="which rows (default: all)")
+
+
+def _check_data(spec: str, kind: str, split: str) -> int:
+    from data.preferences import load_preferences
+    from data.registry import load_chat, load_prompts
+
+    from data.registry import catalog
+
+    loaders = {"chat": load_chat, "prompts": load_prompts,
+               "preference": lambda spec, split: load_preferences(spec, split, on_bad="refuse")}
+    splits = ("train", "test") if split == "all" and spec in catalog() else (split,)  # a shipped set: two files
+    count = sum(len(loaders[kind](spec, part).rows) for part in splits)
+    print(f"{spec}: {count} {kind} rows ({split}), all valid")
+    return 0
+
+
 def _list_data(args) -> int:
     from data.registry import describe
 
+    if args.check:
+        return _check_data(args.check, args.kind, args.split)
     for entry in describe():
         rows = entry["rows"]
         print(f"{entry['name']:<26} {entry['kind']:<11} train {rows['train']:>5}  test {rows['test']:>4}  {entry['license']}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; with `chosen` (the command on the line), only that command's module is imported for
+    its arguments (the others' modules load gradio, SQLAlchemy, pandas...: a bad argument fails in a second)."""
     from stages import STAGES
 
     parser = argparse.ArgumentParser(
@@ -131,17 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     builtin = {"recipes": _list_recipes, "data": _list_data}
     for name, (module_name, help_text) in COMMANDS.items():
         if name in builtin:
-            sub.add_parser(name, help=help_text).set_defaults(handler=builtin[name])
+            command = sub.add_parser(name, help=help_text, description=help_text)
+            if name == "data":
+                _data_arguments(command)
+            command.set_defaults(handler=builtin[name])
             continue
-        module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(handler=module.main)
+        if chosen is None or chosen == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            command.set_defaults(handler=module.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(chosen=next((item for item in argv if not item.startswith("-")), ""))
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may stand anywhere on the line, before or after options
     unknown = [item for item in extra if "=" not in item or item.startswith("-")]

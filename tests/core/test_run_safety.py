@@ -143,3 +143,36 @@ def test_a_resume_with_the_same_settings_is_marked_in_the_manifest(tmp_path, tin
     assert manifest["resumed"]["changed"] == {} and manifest["resumed"]["checkpoint"]
     assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "tiny", "max_steps=2") == 0
     assert _manifest(runs / "tiny" / "sft")["resumed"] is None  # a run from the start
+
+
+def _pairs_file(path: Path, bad_rows: set[int], rows: int = 20) -> Path:
+    """Preference rows; a file's every 10th row is its held-out split. A bad row has identical replies."""
+    lines = []
+    for number in range(1, rows + 1):
+        chosen = f"A kind answer number {number}."
+        rejected = chosen if number in bad_rows else f"A rude answer number {number}."
+        lines.append(json.dumps({"prompt": [{"role": "user", "content": f"Question {number}?"}],
+                                 "chosen": [{"role": "assistant", "content": chosen}],
+                                 "rejected": [{"role": "assistant", "content": rejected}]}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_ppo_held_out_pairs_are_an_error_or_a_counted_drop_never_a_silent_skip(tiny_sft, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert run_cli("rm", "--config", "tiny", "--from", tiny_sft, f"runs_dir={runs}", "--run", "r", "max_steps=2") == 0
+    ppo = ["ppo", "--config", "tiny", "--from", tiny_sft, f"runs_dir={runs}", "--run", "p", f"reward={runs / 'r' / 'rm'}",
+           "max_steps=1"]
+    capsys.readouterr()
+    every_held_out_pair_bad = _pairs_file(tmp_path / "bad.jsonl", {10, 20})
+    assert run_cli(*ppo, f"eval_data={every_held_out_pair_bad}") == 2
+    [line] = _error_lines(capsys.readouterr().err)
+    assert str(every_held_out_pair_bad) in line and "no usable preference rows" in line
+    assert not (runs / "p").exists()
+
+    one_bad = _pairs_file(tmp_path / "one-bad.jsonl", {10})
+    assert run_cli(*ppo, f"eval_data={one_bad}") == 0
+    manifest = _manifest(runs / "p" / "ppo")
+    assert manifest["metrics"]["eval_rows"] == 1 and manifest["metrics"]["dropped_rows"] == 1
+    assert "win_rate_vs_parent" in manifest["metrics"]  # the comparison ran on the good pair
+    assert "row 10" in (runs / "p" / "ppo" / "dropped_rows.txt").read_text()
