@@ -110,13 +110,16 @@ def _dead_here(worker: str | None) -> bool:
     return False
 
 
-def fail_dead_trials(study, folder: Path) -> list[int]:
-    """Trials left RUNNING by a killed process of this machine: marked failed, their folders removed."""
+def fail_dead_trials(study, folder: Path, local: bool) -> list[int]:
+    """Trials left RUNNING by a killed process of this machine: marked failed, their folders removed. Called under
+    the claim lock; with a local (SQLite) study a RUNNING trial that names no worker was claimed by a process killed
+    before it could sign it, since no live one is claiming now."""
     from optuna.trial import TrialState
 
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _dead_here(trial.user_attrs.get("worker")):
+        worker = trial.user_attrs.get("worker")
+        if (worker is None and local) or _dead_here(worker):
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             shutil.rmtree(folder / trial_name(trial.number), ignore_errors=True)
             failed.append(trial.number)
@@ -257,7 +260,7 @@ def work_on(study, stage: str, cfg, folder: Path, params, parent_source: str, ob
     ran = 0
     while True:
         with claim_lock(folder):
-            failed = fail_dead_trials(study, folder)
+            failed = fail_dead_trials(study, folder, local=options.storage is None)
             if failed:
                 print(f"[align] sweep {stage}: trial(s) {', '.join(map(str, failed))} of a killed worker marked "
                       f"failed", flush=True)
