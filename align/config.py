@@ -188,6 +188,9 @@ def recipe_schema() -> type:
     from align.evaluation.options import EvalOptions
 
     fields.append(("eval", EvalOptions, field(default_factory=EvalOptions)))
+    from stages.curate import Options as CurateOptions  # a stage of its own path: data in, data out
+
+    fields.append(("curate", CurateOptions, field(default_factory=CurateOptions)))
     from align.sweep.options import SweepOptions
 
     fields.append(("sweep", SweepOptions, field(default_factory=SweepOptions)))

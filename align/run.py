@@ -24,6 +24,7 @@ from align.errors import AlignError  # noqa: E402
 COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("align.run", "list the shipped recipes"),
     "data": ("align.run", "list the shipped datasets, or check a dataset row by row (--check SPEC --kind ...)"),
+    "curate": ("stages.curate", "clean, deduplicate and filter training data (chat or pairs) into runs/<run>/curate"),
     "pipeline": ("align.pipeline", "all stages of a recipe in order, each gated, resumable: SFT → RM → DPO by default"),
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
     "eval": ("align.evaluation.command", "a model against a --baseline on data its training never used: preference accuracy, independent-judge win rates (raw and length-controlled), refusals, ROUGE/BLEU"),

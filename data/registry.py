@@ -6,6 +6,8 @@ A spec is one of:
 - a path to the user's own file: JSONL, JSON (a list of rows), Parquet or CSV;
 - `labels:<store path or database URL>`: the pairs exported by align's labeling UI;
 - a hub id (`org/name`, loaded with `datasets.load_dataset`; needs the hub or its local cache);
+- `curated` (the newest finished `python -m align.run curate` under ./runs, or $ALIGN_RUNS_DIR), `curated:<run
+  folder>`, or a curate folder's path (runs/<run>/curate): the curated rows, with the splits curation kept;
 - several of these joined by commas (`hh-harmless,labels:runs/demo/labels.sqlite`): their rows one after the
   other (a row limit applies to each).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -143,8 +146,50 @@ def _digest(rows: list) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def curated_folder(spec: str) -> Path | None:
+    """The curate folder a spec names (`curated`, `curated:<run folder or curate folder>`, a curate folder's path),
+    or None for a spec of another kind."""
+    from align.runs import MANIFEST, finished_stages
+
+    if spec == "curated":
+        runs = Path(os.environ.get("ALIGN_RUNS_DIR", "runs"))
+        found = finished_stages(runs, "curate")
+        if not found:
+            raise DataError(spec, None, None, f"no finished curate run under {runs}/ (run `python -m align.run "
+                                              f"curate` first, or name one: curated:runs/<run>)")
+        return found[0]
+    path = Path(spec.split(":", 1)[1] if spec.startswith("curated:") else spec).expanduser()
+    for folder in (path / "curate", path):
+        if (folder / MANIFEST).is_file() and (folder / "train.jsonl").is_file():
+            return folder
+    if spec.startswith("curated:"):
+        raise DataError(path, None, None, "no finished curate folder here (runs/<run> or runs/<run>/curate)")
+    return None
+
+
+def _read_curated(folder: Path, split: str, kind: str | None) -> tuple[list, str, str, list[int]]:
+    from align.runs import read_manifest, sha256_file
+
+    curated_kind = ((read_manifest(folder) or {}).get("metrics") or {}).get("kind")
+    if kind and curated_kind and curated_kind != kind:
+        raise DataError(folder, None, None, f"holds curated {curated_kind} data, this stage needs {kind} data")
+    rows, numbers, digests = [], [], []
+    for name in (("train", "test") if split == "all" else (split,)):
+        path = folder / f"{name}.jsonl"
+        if not path.is_file():
+            raise DataError(path, None, None, f"the curated {name} split is missing")
+        part, part_numbers = _read_file(path)
+        rows += part
+        numbers += part_numbers
+        digests.append(sha256_file(path))
+    return rows, str(folder), hashlib.sha256("".join(digests).encode()).hexdigest(), numbers
+
+
 def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str, str, list[int]]:
     """Raw rows of a spec's split: (rows, source name, sha256, 1-based row numbers in the source)."""
+    curated = curated_folder(spec) if spec not in catalog() and not spec.startswith("labels:") else None
+    if curated is not None:
+        return _read_curated(curated, split, kind)
     if spec in catalog():
         entry = catalog()[spec]
         if kind and entry["kind"] != kind:
@@ -232,6 +277,9 @@ def _check_chat_row(row, source: str, number: int) -> dict:
     return {"messages": messages}
 
 
+check_chat_row = _check_chat_row  # public: data.curate validates row by row
+
+
 def _check_prompt_row(row, source: str, number: int) -> dict:
     """Prompt rows come from prompt, chat or preference data: the conversation up to the assistant's turn."""
     if not isinstance(row, dict):
@@ -273,7 +321,7 @@ def spec_digest(spec: str) -> str | None:
     if spec in catalog():
         files = sorted(set(catalog()[spec]["files"].values()))
         return hashlib.sha256("".join(sha256_file(DATA_DIR / f) for f in files).encode()).hexdigest()
-    if spec.startswith("labels:"):
+    if spec.startswith("labels:") or spec == "curated" or spec.startswith("curated:") or Path(spec).is_dir():
         try:
             return read_spec(spec, "all")[2]
         except DataError:

@@ -1,0 +1,164 @@
+"""Curation: clean, deduplicate and filter training data before SFT, RM and DPO.
+
+    python -m align.run curate data=my-chats.jsonl                 # into runs/<recipe name>/curate/
+    python -m align.run sft data=curated                           # trains on the newest curated rows
+    python -m align.run curate --config tiny data=hh-harmless dedup.threshold=0.7 toxicity.enabled=false
+
+Reads any dataset spec the stages accept (chat rows or preference pairs, both splits), runs the steps below in
+order — each switchable in the recipe's `curate:` section and counting what it removed and why — and writes into
+runs/<run>/curate/:
+    train.jsonl, test.jsonl   the curated rows in TRL's format (`data=curated`, `data=curated:runs/<run>` or
+                              `data=runs/<run>/curate` in sft, rm and dpo)
+    removed.jsonl             every row left out: its id (source file:line), step, reason, detail and the row
+    curate_report.json/.html  counts per step and reason, rows/s, examples of removed rows
+    manifest.json, config.yaml
+A rerun with the same recipe section and data (the fingerprint in the manifest) is skipped; `--force` redoes it.
+Bad input (an unreadable file, a row that is not a row) stops with one line naming the file, row and field, and
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from align.config import opt
+from data.curate import (balance, decontaminate, dedup, language, length, normalise, pii, toxicity)
+
+VERSION = "v1"  # of the steps' behaviour: a new version reruns a finished curation
+STAGE = "curate"
+# The order the steps run in: cheap ones first, the toxicity scorer on the fewest rows, caps on what is left.
+STEPS = {"normalise": normalise, "dedup": dedup, "pii": pii, "language": language, "length": length,
+         "decontaminate": decontaminate, "toxicity": toxicity, "balance": balance}
+
+
+def _section(module):
+    return field(default_factory=module.Options)
+
+
+@dataclass
+class Options:
+    data: str = opt("hh-harmless-chosen", "data to curate: a shipped name, a JSONL/JSON/Parquet/CSV file, a hub id, "
+                                          "labels:<store>, or several joined by commas")
+    kind: str = opt("auto", "chat or preference rows (auto: the first row's)", choices=("auto", "chat", "preference"))
+    on_bad_rows: str = opt("drop", "rows the stages' checks refuse (empty turns, ties, identical replies, missing "
+                                   "fields): drop them (counted) or refuse (stop at the first, naming it)",
+                           choices=("drop", "refuse"))
+    num_proc: int = opt(1, "processes for the row-by-row steps (normalise, pii; datasets' map)", min=1)
+    progress: bool = opt(True, "progress bars")
+    normalise: normalise.Options = _section(normalise)
+    dedup: dedup.Options = _section(dedup)
+    pii: pii.Options = _section(pii)
+    language: language.Options = _section(language)
+    length: length.Options = _section(length)
+    decontaminate: decontaminate.Options = _section(decontaminate)
+    toxicity: toxicity.Options = _section(toxicity)
+    balance: balance.Options = _section(balance)
+
+
+def curate(cfg, run: str | None = None, force: bool = False) -> Path:
+    """Curate `cfg.curate.data` into runs/<run>/curate (run: the recipe's name by default); returns that folder."""
+    from align.driver import _git_commit, _peak_rss_mb, _versions
+    from align.runs import Parent, StageWork, fingerprint_inputs, fingerprint_of, read_manifest, write_json
+    from align import config as config_mod
+    from data.curate import Env
+    from data.curate import load as loader
+    from data.curate import report as reporting
+
+    options = cfg.curate
+    run_dir = Path(cfg.runs_dir) / (run or cfg.name)
+    inputs = {**fingerprint_inputs(STAGE, cfg, Parent(source="data")), "version": VERSION}
+    done = read_manifest(run_dir / STAGE)
+    if done and done.get("fingerprint") == fingerprint_of(inputs) and not force:
+        print(f"[align] curate: {run_dir / STAGE} is up to date (same data and settings): skipped", flush=True)
+        return run_dir / STAGE
+
+    # 1. Read both splits, every row checked; nothing is written before this succeeds.
+    started = time.time()
+    loaded, entries = loader.load(options.data, options.kind, options.on_bad_rows)
+    records, removed = loaded.kept, list(loaded.removed)
+    steps = [reporting.step_entry(loader.STEP, len(records) + len(removed), loaded, time.time() - started)]
+    env = Env(num_proc=options.num_proc, progress=options.progress, model_source=cfg.model.source,
+              model_options=cfg.model, scorer=str(cfg.gate.scorer), device="cpu")
+
+    # 2. The steps, in order, each on what the one before kept.
+    for name, step in STEPS.items():
+        step_options = options[name]
+        if not step_options.enabled:
+            continue
+        print(f"[align] curate: {name} ({len(records)} rows)", flush=True)
+        step_started = time.time()
+        result = step.apply(records, step_options, env)
+        steps.append(reporting.step_entry(name, len(records), result, time.time() - step_started))
+        records = result.kept
+        removed += result.removed
+    wall = time.time() - started
+
+    # 3. Write the curated splits, the removed rows and the report; promote the folder in one rename.
+    work = StageWork(run_dir, STAGE)
+    work.begin(False, inputs)
+    try:
+        out = work.output_dir
+        by_split = {split: [r.row for r in records if r.split == split] for split in ("train", "test")}
+        for split, rows in by_split.items():
+            _write_jsonl(out / f"{split}.jsonl", rows)
+        reporting.write_removed(out, removed)
+        rows_in = steps[0]["rows_in"]
+        report = {"spec": options.data, "kind": loaded.notes["kind"], "rows_in": rows_in, "rows_out": len(records),
+                  "rows_read": loaded.notes["rows_read"], "rows_out_by_split": {k: len(v) for k, v in by_split.items()},
+                  "removed": len(removed), "steps": steps, "examples": reporting.examples(removed),
+                  "removed_file": reporting.REMOVED_NAME, "wall_s": round(wall, 2),
+                  "rows_per_s": round(rows_in / wall) if wall > 0 else None, "peak_rss_mb": _peak_rss_mb()}
+        reporting.write(out, report)
+        metrics = {key: report[key] for key in ("kind", "rows_in", "rows_out", "rows_out_by_split", "removed")}
+        metrics["removed_by_step"] = {step["name"]: step["removed"] for step in steps}
+        (out / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
+        write_json(out / "manifest.json", {
+            "stage": STAGE, "run": run_dir.name, "status": "promoted", "parent": None, "model": None,
+            "data": entries, "config": config_mod.to_dict(cfg), "versions": _versions(), "git": _git_commit(),
+            "fingerprint": fingerprint_of(inputs), "metrics": metrics, "gate": None,
+            "timing": {"wall_s": round(wall, 1), "rows_per_s": report["rows_per_s"], "peak_rss_mb": _peak_rss_mb()},
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    except BaseException:
+        work.abandon()
+        raise
+    final = work.promote()
+    print(f"[align] curate: {rows_in} rows in, {len(records)} out ({len(removed)} removed: "
+          + ", ".join(f"{s['name']} {s['removed']}" for s in steps if s["removed"]) + f") in {wall:.1f}s: {final}",
+          flush=True)
+    return final
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from align.config import describe_options
+
+    rows = describe_options(Options, "curate.")
+    width = max(len(k) for k, _, _ in rows)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    parser.epilog = "curate options (override as key=value; the `curate.` prefix is optional):\n" + "\n".join(
+        f"  {k:<{width}}  {h} (default: {d})" for k, d, h in rows)
+    parser.add_argument("--config", default="default", help="recipe name or YAML path (default: default)")
+    parser.add_argument("--run", help="run name: the folder under runs_dir (default: the recipe's name)")
+    parser.add_argument("--force", action="store_true", help="curate again even when nothing changed")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. dedup.threshold=0.7")
+
+
+def main(args) -> int:
+    from align.config import load_recipe
+
+    curate(load_recipe(args.config, args.overrides, command=STAGE), run=args.run, force=args.force)
+    return 0
