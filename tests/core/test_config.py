@@ -67,3 +67,64 @@ def test_help_lists_every_stage_option(capsys):
     out = capsys.readouterr().out
     for key in ("assistant_only_loss", "packing", "max_length", "lora.enabled", "model.source", "--resume", "--from"):
         assert key in out
+
+
+def test_opt_declares_what_values_an_option_accepts():
+    from align.config import Check
+
+    assert Check(min=1).problem(0) == "must be at least 1"
+    assert Check(min=1, also=(-1,)).problem(-1) is None and "(or -1)" in Check(min=1, also=(-1,)).problem(0)
+    assert Check(above=0).problem(0.0) == "must be greater than 0" and Check(above=0).problem(1e-9) is None
+    assert Check(min=0.0, max=1.0).problem(float("nan")) == "must be a finite number"
+    assert Check(choices=("a", "b")).problem("c") == "is not one of a, b"
+    assert Check(choices=("a", "b"), sep=",").problem("a, b") is None
+    assert "has 'c'" in Check(choices=("a", "b"), sep=",").problem("a,c")
+    assert "has 'c'" in Check(choices=("a", "b")).problem(["a", "c"])
+    assert Check(min=1).problem(None) is None  # an optional option left unset
+
+
+def test_every_shared_training_size_ratio_and_rate_is_range_checked():
+    import dataclasses
+
+    from align.config import LoraOptions, ModelOptions, TrainOptions
+
+    for options in (TrainOptions, LoraOptions):
+        unchecked = [f.name for f in dataclasses.fields(options)
+                     if f.type in (int, float, "int", "float") and "check" not in f.metadata]
+        assert unchecked == [], f"{options.__name__}: {unchecked} accept any number"
+    assert "check" in {f.name: f for f in dataclasses.fields(ModelOptions)}["dtype"].metadata
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "command line: sft.batch_size=0 must be at least 1"),
+    ("lr=0", "command line: sft.lr=0.0 must be greater than 0"),
+    ("warmup_ratio=1.5", "command line: sft.warmup_ratio=1.5 must be at most 1.0"),
+    ("model.dtype=fp8", "command line: model.dtype='fp8' is not one of auto, float32, bfloat16, float16"),
+    ("device=tpu", "command line: device='tpu' is not one of auto, cpu, cuda"),
+    ("dpo.loss_type=sigmoid,nope", "command line: dpo.loss_type='sigmoid,nope' has 'nope'"),
+    ("gate.rule=maybe", "command line: gate.rule='maybe' is not one of"),
+    ("sft=[1, 2]", "command line: 'sft' is a section (a mapping of its keys), not [1, 2]"),
+])
+def test_out_of_range_values_and_wrong_shapes_are_refused_by_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_recipe("tiny", [override], command="sft")
+    assert str(error.value).startswith(message)
+
+
+def test_a_bad_value_is_blamed_on_where_it_was_set(tmp_path):
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("base: tiny\nsft:\n  lr: -1\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {parent}\nsft:\n  batch_size: 4\n")
+    with pytest.raises(ConfigError, match=rf"^{parent}: sft.lr=-1.0 must be greater than 0"):
+        load_recipe(str(child))
+    # The command line fixes the file's value; its own bad value is blamed on the command line, not on a file.
+    assert load_recipe(str(child), ["lr=0.1"], command="sft").sft.batch_size == 4
+    with pytest.raises(ConfigError, match=r"^command line: sft.batch_size=0 "):
+        load_recipe(str(child), ["lr=0.1", "batch_size=0"], command="sft")
+    with pytest.raises(ConfigError, match=r"^command line: sft.max_steps: Value 'lots'"):
+        load_recipe(str(child), ["lr=0.1", "max_steps=lots"], command="sft")
+    shaped = tmp_path / "shaped.yaml"
+    shaped.write_text("base: tiny\nsft: [1, 2]\n")
+    with pytest.raises(ConfigError, match=rf"^{shaped}: 'sft' is a section"):
+        load_recipe(str(shaped))
