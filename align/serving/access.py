@@ -50,7 +50,7 @@ class Access:
     def caller(self, authorization: str | None, client_host: str) -> tuple[str, bool]:
         """(the caller's name, whether a key named it); ApiError 401/429 otherwise."""
         if self.keys is None:
-            name, keyed = f"client {client_host}", False
+            name, keyed = f"api@{client_host}", False
         else:
             key = bearer(authorization)
             if key is None:

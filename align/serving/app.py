@@ -280,8 +280,6 @@ def build_app(service: Service) -> FastAPI:
         try:
             async for _ in completion.run():
                 pass
-        except ApiError:
-            raise
         finally:
             generation.cancelled = True  # a client gone mid-way frees its rows; a finished request has none left
         return protocol.completion_body(completion.id, served.id, completion.created, completion.choices(),

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from align.errors import AlignError
 
