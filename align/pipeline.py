@@ -7,6 +7,8 @@ reruns that stage and everything after it. Human labels join in: when the run's 
 pairs, they are mixed into the RM and DPO data. The run closes with `eval` of the final model against the base
 model (align.evaluation: held-out data and an independent judge), the run's own RM's judgement of the same pair
 (the training RM's view), a summary table that leads with the evaluation, and runs/<run>/report.html.
+A stage listed in pipeline.sweep runs as a sweep (align/sweep: the recipe's sweep: section) whose best trial
+that passed its gate becomes the stage's artifact.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class PipelineOptions:
     final_eval_max_new_tokens: int = opt(48, "reply length cap in that comparison")
     eval_final: bool = opt(True, "close with `eval` of the final model against the base model (the recipe's `eval` "
                                  "section: held-out data, an independent judge; the summary leads with it)")
+    sweep: List[str] = opt([], "stages run as a sweep (the recipe's sweep: section, align/sweep) instead of once: "
+                               "their best trial that passed its gate becomes the stage's artifact")
     eval_sft: bool = opt(False, "also `eval` the sft model against the base model (the base's measurement is "
                                 "reused, so this costs one more model's measurement)")
 
@@ -96,11 +100,13 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
     from align.driver import is_gated, run_stage
     from align.errors import ConfigError
     from align.runs import PROMOTABLE, Parent, StageWork, read_manifest, resolve_parent, stage_fingerprint
+    from align.sweep.command import sweep_as_stage, swept_stages
     from stages import STAGES, stage_module
 
     unknown = [s for s in cfg.pipeline.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"pipeline.stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+    sweeps = swept_stages(cfg)
     run_dir = Path(cfg.runs_dir) / (run or cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = _with_labels(cfg, _label_spec(cfg.pipeline, run_dir))
@@ -117,6 +123,11 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
             parent = resolve_parent(parent_spec, (), Path(cfg.runs_dir), cfg.model.source, override_gate,
                                     child_gated=is_gated(stage_module(stage), cfg), allow_ungated=allow_ungated) \
                 if parent_spec else Parent(source=cfg.model.source)
+            if stage in sweeps:  # a sweep in place of the stage (resumed with the pipeline)
+                t0 = time.time()
+                sweep_as_stage(stage, cfg, run_dir, parent_spec, override_gate, allow_ungated)
+                timings[stage] = time.time() - t0
+                continue
             finished = read_manifest(run_dir / stage)
             if finished and finished.get("fingerprint") == stage_fingerprint(stage, cfg, parent) \
                     and finished.get("status") in PROMOTABLE:

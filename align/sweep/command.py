@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sweep(stage: str, cfg, *, run: str | None = None, parent_spec: str | None = None,
-              override_gate: str | None = None, allow_ungated: bool = False) -> dict:
+              override_gate: str | None = None, allow_ungated: bool = False, in_pipeline: bool = False) -> dict:
     """Work on the stage's study until it holds sweep.trials finished trials, write the report, promote the best
     when sweep.promote_best. Returns {"study", "folder", "best", "ran", "report", "promoted"}."""
     from align.driver import is_gated
@@ -45,7 +45,7 @@ def run_sweep(stage: str, cfg, *, run: str | None = None, parent_spec: str | Non
     options = cfg.sweep
     if options.trials < 1:
         raise ConfigError(f"sweep.trials={options.trials}: must be at least 1")
-    params = search_space(cfg, stage)
+    params = search_space(cfg, stage, skip_other_stages=in_pipeline)
     objective, direction = study_mod.objective_of(options, stage)
     module = stage_module(stage)
     runs_dir = Path(cfg.runs_dir)
@@ -81,6 +81,37 @@ def run_sweep(stage: str, cfg, *, run: str | None = None, parent_spec: str | Non
         promoted = promote.promote_best(study, direction, run_dir, stage, record)
         print(f"[align] sweep {stage}: best trial promoted to {promoted}", flush=True)
     return {"study": name, "folder": folder, "best": best, "ran": ran, "report": page, "promoted": promoted}
+
+
+def swept_stages(cfg) -> list[str]:
+    """pipeline.sweep, checked: the stages of pipeline.stages that the pipeline sweeps instead of running once."""
+    from align.errors import ConfigError
+
+    stray = [s for s in cfg.pipeline.sweep if s not in cfg.pipeline.stages]
+    if stray:
+        raise ConfigError(f"pipeline.sweep: {stray[0]!r} is not one of pipeline.stages "
+                          f"({', '.join(cfg.pipeline.stages)})")
+    from align.sweep.space import search_space
+    from align.sweep.study import objective_of
+
+    for stage in cfg.pipeline.sweep:  # refused now, not after the stages before it have run
+        search_space(cfg, stage, skip_other_stages=True)
+        objective_of(cfg.sweep, stage)
+    return list(cfg.pipeline.sweep)
+
+
+def sweep_as_stage(stage: str, cfg, run_dir: Path, parent_spec: str | None, override_gate: str | None = None,
+                   allow_ungated: bool = False) -> Path:
+    """A pipeline's stage as a sweep: the study in runs/<run>/sweep/<stage>/ (resumed when the pipeline is), its
+    best feasible trial promoted to runs/<run>/<stage>/ for the stages after it."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.update(cfg, "sweep.promote_best", True)
+    return run_sweep(stage, cfg, run=run_dir.name, parent_spec=parent_spec, override_gate=override_gate,
+                     allow_ungated=allow_ungated, in_pipeline=True)["promoted"]
 
 
 def main(args: argparse.Namespace) -> int:

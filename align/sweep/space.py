@@ -118,8 +118,11 @@ def _extremes(distribution) -> list:
     return [distribution.low, distribution.high]
 
 
-def search_space(cfg, stage: str) -> list[Param]:
-    """The checked search space of `cfg.sweep.params` for a sweep of `stage`."""
+def search_space(cfg, stage: str, skip_other_stages: bool = False) -> list[Param]:
+    """The checked search space of `cfg.sweep.params` for a sweep of `stage`. A key of another stage's section
+    is refused (it would not change this stage), or, for a pipeline that sweeps several stages, left to that one."""
+    from stages import STAGES
+
     raw = OmegaConf.to_container(cfg.sweep.params, resolve=True) if OmegaConf.is_config(cfg.sweep.params) \
         else dict(cfg.sweep.params)
     if not raw:
@@ -128,6 +131,11 @@ def search_space(cfg, stage: str) -> list[Param]:
     params, seen = [], {}
     for key, spec in _entries(raw):
         full = _qualify(key, stage, cfg)
+        owner = full.split(".", 1)[0]
+        if owner in STAGES and owner != stage:
+            if skip_other_stages:
+                continue
+            raise ConfigError(f"sweep.params.{key}: an option of {owner}, which a sweep of {stage} does not run")
         if full in seen:
             raise ConfigError(f"sweep.params.{key}: '{full}' is already searched (as {seen[full]})")
         seen[full] = key
@@ -137,6 +145,8 @@ def search_space(cfg, stage: str) -> list[Param]:
             if problem:
                 raise ConfigError(f"sweep.params.{key}: {problem}")
         params.append(Param(full, distribution))
+    if not params:
+        raise ConfigError(f"sweep.params: nothing to search for {stage} (every key belongs to another stage)")
     return params
 
 

@@ -233,3 +233,37 @@ def test_two_worker_processes_share_one_study_without_running_a_trial_twice(tmp_
     assert sorted(p.name for p in sweep.glob("trial-*")) == [f"trial-{n}" for n in range(4)]
     for n in range(4):
         assert _manifest(sweep / f"trial-{n}" / "sft")["run"] == f"trial-{n}"
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+
+def test_the_pipeline_runs_a_sweep_in_place_of_a_stage_and_resumes_it(tmp_path, tiny_model_dir, capsys):
+    from optuna.trial import TrialState
+
+    recipe = _recipe(tmp_path, {"params": {"sft": {"lr": LR}, "dpo": {"beta": {"type": "float", "low": 0.05,
+                                                                              "high": 0.5}}},
+                                "trials": 2, "sampler": "random", "pruner": "none"},
+                     pipeline={"stages": ["sft"], "sweep": ["sft"], "eval_final": False, "final_eval_prompts": 0})
+    assert run_cli("pipeline", "--config", recipe, "--run", "p") == 0
+    run_dir = tmp_path / "runs" / "p"
+    trials = _study(run_dir).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert set(trials[0].params) == {"sft.lr"}  # dpo's key is left to a sweep of dpo
+    promoted = _manifest(run_dir / "sft")
+    best = min(trials, key=lambda t: t.value)
+    assert promoted["sweep"]["trial"] == best.number and (run_dir / "report.html").is_file()
+    stamp = (run_dir / "sft" / "manifest.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_cli("pipeline", "--config", recipe, "--run", "p") == 0  # again: the study is done, nothing reruns
+    assert "0 trial(s) run here" in capsys.readouterr().out
+    assert len(_study(run_dir).get_trials()) == 2
+    assert (run_dir / "sft" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_a_pipeline_sweep_of_an_unlisted_stage_and_another_stages_key_are_refused(tmp_path, capsys):
+    recipe = _recipe(tmp_path, {"params": {"lr": LR}}, pipeline={"stages": ["sft"], "sweep": ["dpo"]})
+    assert run_cli("pipeline", "--config", recipe, "--run", "p") == 2
+    assert "pipeline.sweep: 'dpo' is not one of pipeline.stages" in capsys.readouterr().err
+    recipe = _recipe(tmp_path, {"params": {"dpo.beta": {"type": "float", "low": 0.05, "high": 0.5}}})
+    assert run_cli("sweep", "sft", "--config", recipe, "--run", "r") == 2
+    assert "sweep.params.dpo.beta: an option of dpo, which a sweep of sft does not run" in capsys.readouterr().err
