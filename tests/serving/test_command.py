@@ -101,3 +101,19 @@ def test_the_command_serves_the_openai_client_until_killed(runs, tmp_path):
         process.kill()
         out = process.communicate(timeout=30)[0]
     assert "align serve: demo/sft" in out and "prompt logging" in out
+
+
+def test_api_keys_work_on_each_database(label_db):
+    from align.serving.keys import ApiKeys
+    from data.store import open_store
+
+    store = open_store(label_db)
+    try:
+        keys = ApiKeys(store)
+        key = keys.add("bot")
+        assert keys.check(key) == "bot" and keys.check(key + "x") is None and keys.check(None) is None
+        assert ApiKeys(store).active() == 1  # the table is made once, then found
+        keys.revoke("bot")
+        assert keys.check(key) is None and keys.active() == 0
+    finally:
+        store.close()
