@@ -76,10 +76,11 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
         return run_dir / STAGE
 
     # 1. Read both splits, every row checked; nothing is written before this succeeds.
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     loaded, entries = loader.load(options.data, options.kind, options.on_bad_rows)
     records, removed = loaded.kept, list(loaded.removed)
-    steps = [reporting.step_entry(loader.STEP, len(records) + len(removed), loaded, time.time() - started)]
+    steps = [reporting.step_entry(loader.STEP, len(records) + len(removed), loaded, time.time() - started,
+                                  time.process_time() - cpu_started)]
     env = Env(num_proc=options.num_proc, progress=options.progress, model_source=cfg.model.source,
               model_options=cfg.model, scorer=str(cfg.gate.scorer), device="cpu")
 
@@ -89,9 +90,10 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
         if not step_options.enabled:
             continue
         print(f"[align] curate: {name} ({len(records)} rows)", flush=True)
-        step_started = time.time()
+        step_started, step_cpu = time.time(), time.process_time()
         result = step.apply(records, step_options, env)
-        steps.append(reporting.step_entry(name, len(records), result, time.time() - step_started))
+        steps.append(reporting.step_entry(name, len(records), result, time.time() - step_started,
+                                          time.process_time() - step_cpu))
         records = result.kept
         removed += result.removed
     wall = time.time() - started
@@ -110,6 +112,7 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
                   "rows_read": loaded.notes["rows_read"], "rows_out_by_split": {k: len(v) for k, v in by_split.items()},
                   "removed": len(removed), "steps": steps, "examples": reporting.examples(removed),
                   "removed_file": reporting.REMOVED_NAME, "wall_s": round(wall, 2),
+                  "cpu_s": round(time.process_time() - cpu_started, 2),
                   "rows_per_s": round(rows_in / wall) if wall > 0 else None, "peak_rss_mb": _peak_rss_mb()}
         reporting.write(out, report)
         metrics = {key: report[key] for key in ("kind", "rows_in", "rows_out", "rows_out_by_split", "removed")}

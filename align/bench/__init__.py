@@ -16,7 +16,8 @@ Then the gate (replies/s of align.generate.generate_replies, texts/s of the toxi
 
 `python -m align.bench gate-power` measures something else: whether the gate sees a planted toxicity regression
 and keeps quiet about children that did not regress (align/bench/gate_power.py). `python -m align.bench serve-load`
-load-tests `python -m align.run serve` (align/bench/serve_load.py).
+load-tests `python -m align.run serve` (align/bench/serve_load.py). `python -m align.bench curate` times the curate
+stage on synthetic rows with planted duplicates (align/bench/curate.py).
 """
 
 from __future__ import annotations
@@ -296,6 +297,10 @@ def cli(argv: list[str] | None = None) -> int:
         from align.bench.gate_power import cli as gate_power
 
         return gate_power(argv[1:])
+    if argv[:1] == ["curate"]:
+        from align.bench.curate import cli as curate
+
+        return curate(argv[1:])
     if argv[:1] == ["serve-load"]:
         from align.bench.serve_load import cli as serve_load
 

@@ -32,7 +32,8 @@ def apply(records, options, env) -> StepResult:
     for record in records:
         turn = " ".join(words(first_user_turn(record.row)))
         if 0 < options.max_per_source <= per_source[record.source]:
-            result.removed.append(Removed(record, STEP, "source_cap", f"{record.source}: {options.max_per_source} kept"))
+            result.removed.append(Removed(record, STEP, "source_cap",
+                                          f"{record.source}: {options.max_per_source} kept"))
             continue
         if 0 < options.max_per_first_turn <= per_turn[turn]:
             result.removed.append(Removed(record, STEP, "first_turn_cap",

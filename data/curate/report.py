@@ -14,11 +14,12 @@ JSON_NAME, HTML_NAME, REMOVED_NAME = "curate_report.json", "curate_report.html",
 EXAMPLES_PER_REASON = 3
 
 
-def step_entry(name: str, rows_in: int, result, wall_s: float) -> dict:
+def step_entry(name: str, rows_in: int, result, wall_s: float, cpu_s: float) -> dict:
+    """One step's line of the report; cpu_s: this process's CPU seconds in it (its worker processes not counted)."""
     return {"name": name, "rows_in": rows_in, "removed": len(result.removed), "changed": result.changed,
             "rows_out": len(result.kept), "reasons": dict(Counter(r.reason for r in result.removed).most_common()),
-            "wall_s": round(wall_s, 3), "rows_per_s": round(rows_in / wall_s) if wall_s > 0 else None,
-            "notes": result.notes}
+            "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3),
+            "rows_per_s": round(rows_in / wall_s) if wall_s > 0 else None, "notes": result.notes}
 
 
 def examples(removed: list[Removed]) -> dict[str, list[dict]]:

@@ -10,7 +10,7 @@ import pytest
 
 from align.config import load_recipe
 from data.curate import CHAT, PREFERENCE, Env, Record
-from data.curate import decontaminate, dedup, language, length, normalise, pii, toxicity
+from data.curate import balance, decontaminate, dedup, language, length, normalise, pii, toxicity
 from data.curate.parallel import run_rows
 from tests.helpers import run_cli
 
@@ -186,7 +186,8 @@ def test_decontamination_against_a_benchmark_row_and_the_held_out_split():
     assert [r.id for r in result.kept] == ["held.jsonl:1", "held2.jsonl:1", "rows.jsonl:3"]  # held out: never removed
     removed = {r.record.id: (r.reason, r.detail) for r in result.removed}
     assert removed["rows.jsonl:1"][0] == "benchmark_overlap" and removed["rows.jsonl:1"][1].startswith("crows_pairs")
-    assert removed["rows.jsonl:2"] == ("held_out_overlap", "held_out held.jsonl:1: 'what is the best way to store fresh'")
+    assert removed["rows.jsonl:2"] == ("held_out_overlap",
+                                       "held_out held.jsonl:1: 'what is the best way to store fresh'")
     off = decontaminate.apply(test_rows + rows, section("decontaminate", against=["bbq"]), env())
     assert len(off.removed) == 0
 
@@ -212,6 +213,16 @@ def test_toxic_chosen_replies_removed_by_the_gate_scorer(small_scorer):
     assert strict.kept == []  # every row's rejected reply is the toxic one
 
 
+def test_balance_caps_rows_per_first_turn_and_per_source():
+    rows = [chat("How are you?", f"Fine, thanks ({i}).") for i in range(4)] + [chat("What time is it?", "Noon.")]
+    capped = balance.apply(records(rows), section("balance", enabled=True, max_per_first_turn=2), env())
+    assert [r.id for r in capped.kept] == ["rows.jsonl:1", "rows.jsonl:2", "rows.jsonl:5"]
+    assert {r.reason for r in capped.removed} == {"first_turn_cap"}
+    mixed = records(rows[:3], source="a.jsonl") + records(rows[3:], source="b.jsonl")
+    per_source = balance.apply(mixed, section("balance", enabled=True, max_per_source=1), env())
+    assert [r.id for r in per_source.kept] == ["a.jsonl:1", "b.jsonl:1"]
+
+
 # ------------------------------------------------------------------------------------------ the command
 
 
@@ -221,7 +232,7 @@ def _fixture_file(tmp_path: Path) -> Path:
             for i, w in enumerate(VOCAB[:24])]
     rows[5] = chat(rows[5]["messages"][0]["content"], "")  # an empty reply: dropped at validation
     rows.append(rows[0])  # an exact duplicate (line 25)
-    rows.append(chat("Comment arroser une plante en été quand il fait très chaud ?", "Le matin, tous les deux jours."))
+    rows.append(chat("Comment arroser une plante en été quand il fait très chaud ?", "Le matin, un jour sur deux."))
     return write_jsonl(tmp_path / "chats.jsonl", rows)
 
 
