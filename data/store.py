@@ -8,9 +8,9 @@ differs per database lives in `_sqlite_engine` and `_postgres_engine` alone.
 
     store = open_store("runs/demo/labels.sqlite")
     store.add_items(prompts, replies_per_prompt, model="runs/demo/sft")
-    store.add_annotator("ada", "secret")
+    store.add_annotator("ada", "correct horse")   # 8 characters at least; a scrypt hash is stored
     item = store.next_item("ada")                 # held for ada for `hold_seconds`
-    store.submit(item.id, "ada", [[r2], [r1, r3]])  # best first; a tier is a tie
+    store.submit(item.id, "ada", [[r2], [r1, r3]])  # best first; a tier is a tie; only ada's held item
     rows = store.export_preferences()             # TRL conversational preference rows
 
 Every submit is one transaction, idempotent on (item, annotator): a resubmit replaces that
