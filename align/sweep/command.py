@@ -60,6 +60,7 @@ def run_sweep(stage: str, cfg, *, run: str | None = None, parent_spec: str | Non
     name = options.study or f"{run}-{stage}"
     with study_mod.claim_lock(folder):
         study = study_mod.open_study(options, folder, name, direction)
+        study_mod.check_same_settings(study, stage, study_mod.study_inputs(stage, cfg, parent, params, objective))
         study_mod.seed_first_trials(study, options, params, cfg)
     finished, _ = study_mod.finished_count(study)
     print(f"[align] sweep {stage}: study {name!r} in {study_mod.storage_url(options, folder)}: {finished} of "

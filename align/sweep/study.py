@@ -70,6 +70,43 @@ def open_study(options, folder: Path, name: str, direction: str):
     return study
 
 
+def study_inputs(stage: str, cfg, parent, params, objective: str) -> dict:
+    """What every trial of a study shares: the stage's fingerprint inputs (its section, the shared sections, the
+    parent, the data's content) less the searched keys, and the objective."""
+    from align.runs import fingerprint_inputs
+
+    inputs = fingerprint_inputs(stage, cfg, parent)
+    for param in params:
+        head, _, rest = param.key.partition(".")
+        node, parts = (inputs["section"], rest.split(".")) if head == stage else \
+            (inputs["shared"], [head, *rest.split(".")])
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+        if head == stage:
+            inputs["data"].pop(rest, None)
+    return {**inputs, "objective": objective}
+
+
+def check_same_settings(study, stage: str, inputs: dict) -> None:
+    """A study records the settings its trials share when it starts; a later worker must bring the same, or its
+    trials would not compare (ConfigError naming each changed key)."""
+    from align.runs import setting_changes
+
+    started = study.user_attrs.get("inputs")
+    if started is None:
+        study.set_user_attr("inputs", inputs)
+        return
+    changes = setting_changes(stage, started, inputs)
+    if started.get("objective") != inputs["objective"]:
+        changes["sweep.objective"] = {"started": started.get("objective"), "resumed": inputs["objective"]}
+    if changes:
+        listed = ", ".join(f"{key} {c['started']!r} -> {c['resumed']!r}" for key, c in changes.items())
+        raise ConfigError(f"sweep: the study {study.study_name!r} started with other settings ({listed}); run it "
+                          f"with the settings it started with, or start another (--study NAME or --run NAME)")
+
+
 def make_sampler(options, seed: int):
     """The recipe's sampler. Every trial carries Optuna's constraint `gate` (1 when its model failed its gate), which
     TPE reads to keep infeasible trials out of its good region and Optuna's plots show."""

@@ -214,6 +214,18 @@ def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path, tin
     assert sorted(p.name for p in sweep.glob("trial-*")) == sorted(f"trial-{t.number}" for t in complete)
 
 
+def test_a_study_resumed_with_other_settings_is_refused(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, {"params": {"lr": LR}, "trials": 1, "sampler": "random", "pruner": "none"})
+    assert run_cli("sweep", "sft", "--config", recipe, "--run", "r") == 0
+    assert run_cli("sweep", "sft", "--config", recipe, "--run", "r", "--trials", "2", "max_rows=8") == 2
+    err = capsys.readouterr().err
+    assert "started with other settings (sft.max_rows 16 -> 8)" in err and "--study NAME" in err
+    assert len(_study(tmp_path / "runs" / "r").get_trials()) == 1
+    # the searched key itself may differ (that is the point), and more trials may be asked for
+    assert run_cli("sweep", "sft", "--config", recipe, "--run", "r", "--trials", "2", "lr=1e-4") == 0
+    assert len(_study(tmp_path / "runs" / "r").get_trials()) == 2
+
+
 def test_two_worker_processes_share_one_study_without_running_a_trial_twice(tmp_path, tiny_model_dir):
     from optuna.trial import TrialState
 
