@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -200,14 +199,6 @@ def main(args) -> int:
 
 
 def cli(argv: list[str]) -> int:
-    import align.run  # noqa: F401  (its import sets the offline defaults)
-    from align.errors import AlignError
+    from align.bench import run_subcommand
 
-    parser = argparse.ArgumentParser(prog="python -m align.bench curate", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_intermixed_args(argv)
-    try:
-        return main(args)
-    except AlignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_subcommand("python -m align.bench curate", __doc__, add_arguments, main, argv)

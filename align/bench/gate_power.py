@@ -42,7 +42,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -747,16 +746,6 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: list[str]) -> int:
     """`python -m align.bench gate-power ...`: errors as one line with exit code 2, as in `python -m align.run`."""
-    import align.run  # noqa: F401  (its import sets the offline defaults: HF_HUB_OFFLINE, ...)
-    from align.errors import AlignError
+    from align.bench import run_subcommand
 
-    parser = argparse.ArgumentParser(prog="python -m align.bench gate-power",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_intermixed_args(argv)
-    try:
-        return main(args)
-    except AlignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_subcommand("python -m align.bench gate-power", __doc__, add_arguments, main, argv)

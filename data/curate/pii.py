@@ -10,10 +10,10 @@ entity model such as presidio's; none ships offline here).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from align.config import opt
-from data.curate import StepResult, map_contents, messages_of
+from data.curate import StepResult, map_contents
 from data.curate.parallel import run_rows
 
 STEP = "pii"
