@@ -28,8 +28,8 @@ class SweepOptions:
     params: Dict[str, Any] = opt({}, "search space: recipe key -> {type: float|log_float|int|log_int|categorical, "
                                      "low, high[, step] | choices}; nested sections or dotted keys")
     objective: Optional[str] = opt(None, "the stage metric (in its manifest's metrics) to optimise (default: the "
-                                         "stage's own: sft eval_perplexity_after, rm eval_accuracy, dpo/ppo "
-                                         "eval_win_rate_vs_parent)")
+                                         "stage's own: sft eval_perplexity_after, rm eval_accuracy, dpo "
+                                         "eval_pref_acc_implicit_child, ppo win_rate_vs_parent)")
     direction: Optional[str] = opt(None, "minimize or maximize (default: the objective's known direction)",
                                    choices=("minimize", "maximize"))
     trials: int = opt(8, "finished trials (completed or pruned) the study runs to; workers stop there", min=1)

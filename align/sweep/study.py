@@ -28,15 +28,19 @@ from pathlib import Path
 from align.errors import ConfigError, GateError
 
 # A stage's own objective and the direction of metrics align's stages report.
-DEFAULT_OBJECTIVES = {"sft": "eval_perplexity_after", "rm": "eval_accuracy", "dpo": "eval_win_rate_vs_parent",
-                      "ppo": "eval_win_rate_vs_parent"}
+# (dpo: the held-out preference accuracy of its implicit reward, there with or without a reward model; ppo: the
+# reward model's win rate against the parent.)
+DEFAULT_OBJECTIVES = {"sft": "eval_perplexity_after", "rm": "eval_accuracy", "dpo": "eval_pref_acc_implicit_child",
+                      "ppo": "win_rate_vs_parent"}
 LOWER_IS_BETTER = ("loss", "perplexity", "kl", "wall_s")
-HIGHER_IS_BETTER = ("accuracy", "win_rate", "reward", "margin", "tokens_per_s")
+HIGHER_IS_BETTER = ("acc", "win_rate", "reward", "margin", "tokens_per_s")
 
 
 def objective_of(options, stage: str) -> tuple[str, str]:
     """(metric, direction) of the sweep: the recipe's, else the stage's own; a direction from the metric's name."""
-    metric = options.objective or DEFAULT_OBJECTIVES[stage]
+    metric = options.objective or DEFAULT_OBJECTIVES.get(stage)
+    if metric is None:
+        raise ConfigError(f"sweep.objective: {stage} has no default objective; name one of its metrics")
     if options.direction:
         return metric, options.direction
     if any(word in metric for word in LOWER_IS_BETTER):

@@ -132,6 +132,23 @@ def test_a_promoted_sweep_feeds_the_next_stage(four_trials):
     assert parent.manifest["sweep"]["trial"] == _manifest(four_trials / "sft")["sweep"]["trial"]
 
 
+def test_a_dpo_sweep_optimises_its_own_default_objective(tmp_path, tiny_sft):
+    """Any stage: dpo from a finished sft, over beta, towards its implicit-reward preference accuracy (maximize)."""
+    recipe = _recipe(tmp_path, {"params": {"beta": {"type": "float", "low": 0.05, "high": 0.5}}, "trials": 2,
+                                "sampler": "random", "pruner": "none"},
+                     dpo={"max_rows": 16, "batch_size": 4, "eval_rows": 8, "eval_prompts": 2})
+    assert run_cli("sweep", "dpo", "--config", recipe, "--from", tiny_sft, "--run", "d", "--promote-best") == 0
+    run_dir = tmp_path / "runs" / "d"
+    study = _study(run_dir, "dpo")
+    assert study.direction.name == "MAXIMIZE"
+    trials = study.get_trials()
+    for t in trials:
+        manifest = _manifest(run_dir / "sweep" / "dpo" / f"trial-{t.number}" / "dpo")
+        assert t.value == pytest.approx(manifest["metrics"]["eval_pref_acc_implicit_child"])
+        assert manifest["parent"]["path"] == str(tiny_sft) and manifest["config"]["dpo"]["beta"] == t.params["dpo.beta"]
+    assert _manifest(run_dir / "dpo")["sweep"]["trial"] == max(trials, key=lambda t: t.value).number
+
+
 # ---------------------------------------------------------------------------------------------- gate, pruning
 
 def test_a_trial_that_fails_its_gate_is_never_the_best(tmp_path, tiny_model_dir):
