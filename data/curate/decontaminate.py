@@ -29,7 +29,8 @@ BENCHMARKS = ("toxicity", "crows_pairs", "bbq", "bold", "benign_requests", "held
 class Options:
     enabled: bool = opt(True, "drop training rows whose prompts overlap the gate benchmarks or the held-out split")
     against: list = opt(list(BENCHMARKS), "what to check against", choices=BENCHMARKS)
-    ngram: int = opt(8, "words in an overlapping sequence", min=2)
+    ngram: int = opt(13, "words in an overlapping sequence (13 as in GPT-3's decontamination: 8 catches templated "
+                         "openings such as 'i am trying to locate the residential address')", min=2)
     min_words: int = opt(5, "a benchmark text shorter than `ngram` words counts whole when it has this many", min=1)
 
 

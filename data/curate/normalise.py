@@ -36,7 +36,7 @@ class Options:
 
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_CUT_ENDINGS = (",", ";", ":", "(", "[", "{", "-", "–", "/")
+_CUT_ENDINGS = (",", ";", ":", "(", "[", "{", "-", "–")
 
 
 def clean_text(text: str, fix_unicode: bool = True, whitespace: bool = True) -> str:

@@ -182,7 +182,7 @@ def test_decontamination_against_a_benchmark_row_and_the_held_out_split():
                     chat("What is the best way to keep basil leaves?", "Dry, in a jar.")])  # 6 words shared: kept
     test_rows = records([chat(held_out, "Wrap it in a damp towel.")], split="test", source="held.jsonl")
     test_rows += records([chat(f"Please continue this: {benchmark}", "No.")], split="test", source="held2.jsonl")
-    result = decontaminate.apply(test_rows + rows, section("decontaminate"), env())
+    result = decontaminate.apply(test_rows + rows, section("decontaminate", ngram=8), env())
     assert [r.id for r in result.kept] == ["held.jsonl:1", "held2.jsonl:1", "rows.jsonl:3"]  # held out: never removed
     removed = {r.record.id: (r.reason, r.detail) for r in result.removed}
     assert removed["rows.jsonl:1"][0] == "benchmark_overlap" and removed["rows.jsonl:1"][1].startswith("crows_pairs")
