@@ -208,19 +208,26 @@ def _load_prompts(spec: str, split: str, limit: int):
 
 
 def _held_out_pairs(ctx, options) -> tuple[list[dict], int]:
-    """Held-out preference pairs for the comparison, and how many bad ones were dropped. None only when the data holds no pairs at all (prompt-only
-    data, no eval_data); otherwise a file that cannot be read, or a split without one usable pair, is a DataError,
-    and a bad pair is dropped, reported and counted (the manifest's data entry, dropped_rows.txt), never skipped
-    silently."""
+    """Held-out preference pairs for the comparison, and how many bad ones were dropped. None (said so) only when
+    the training data's test split holds no pairs at all (prompt-only data, no eval_data); otherwise a file that
+    cannot be read, or a split without one usable pair, is a DataError, and a bad pair is dropped, reported and
+    counted (the manifest's data entry, dropped_rows.txt, metrics.dropped_rows), never skipped silently."""
+    from align.errors import DataError
     from data.preferences import load_preferences, write_dropped
     from data.registry import load_rows
 
     spec = options.eval_data or options.data
-    if options.eval_data is None and not any(isinstance(row, dict) and ("chosen" in row or "rejected" in row)
-                                             for row in load_rows(spec, "test", lambda row, source, number: row).rows):
-        print(f"[align] ppo: {spec} holds prompts, no preference pairs: no comparison with the parent "
-              f"(give eval_data=<preference data> for one)", flush=True)
-        return [], 0
+    if options.eval_data is None:  # the training prompts' own test split, when it holds pairs at all
+        try:  # (the file itself was read for the training prompts already: what fails here is an empty test split)
+            held_out = load_rows(spec, "test", lambda row, source, number: row).rows
+        except DataError as error:
+            held_out, why = [], f" ({error})"
+        else:
+            why = ""
+        if not any(isinstance(row, dict) and ("chosen" in row or "rejected" in row) for row in held_out):
+            print(f"[align] ppo: {spec} has no held-out preference pairs{why}: no comparison with the parent "
+                  f"(give eval_data=<preference data> for one)", flush=True)
+            return [], 0
     rows = load_preferences(spec, "test", limit=options.eval_rows)
     ctx.record_data(rows)
     write_dropped(rows, ctx.output_dir)
