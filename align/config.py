@@ -289,7 +289,11 @@ def _check_keys(data: Any, schema: DictConfig, source: str, prefix: str = "") ->
             if not isinstance(value, dict):
                 shape = "empty" if value is None else repr(value)
                 raise ConfigError(f"{source}: '{full}' is a section (a mapping of its keys), not {shape}")
-            if child._metadata.object_type is not dict:  # a free mapping (Dict[str, Any], sweep.params): its own keys
+            if child._is_none():  # an Optional section left empty (gate.stages.dpo): check against its type
+                ref_type = child._metadata.ref_type
+                if dataclasses.is_dataclass(ref_type):
+                    _check_keys(value, OmegaConf.structured(ref_type), source, full + ".")
+            elif child._metadata.object_type is not dict:  # a free mapping (Dict[str, Any], sweep.params): its own keys
                 _check_keys(value, child, source, full + ".")
         elif isinstance(value, dict) and not isinstance(child, ListConfig):
             raise ConfigError(f"{source}: '{full}' is a single value, not a section")

@@ -85,6 +85,8 @@ def test_unknown_limit_keys_are_refused():
         load_recipe("default", ["gate.limits.toxicity_expected_max.maxx=0.4"], command="gate")
     with pytest.raises(ConfigError):
         load_recipe("default", ["gate.limits.no_such_check.max=0.4"], command="gate")
+    with pytest.raises(ConfigError, match="gate.stages.dpo.no_such_check"):  # an empty stage section is checked too
+        load_recipe("default", ["gate.stages.dpo.no_such_check.max=0.4"], command="gate")
 
 
 def test_gate_sizes_are_overridable_without_prefix_and_full_changes_the_fingerprint():
