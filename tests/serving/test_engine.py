@@ -81,7 +81,7 @@ def test_a_late_request_joins_the_running_batch_and_a_finished_one_leaves(engine
     assert short.wait() == expected_short
     assert not long.done.is_set() or long.finish == ["length"]
     assert long.wait() == expected_long
-    rows = engine.steps
+    rows = [r for r in engine.steps if r]  # the step that empties the batch reports 0 rows, maybe after long.wait()
     assert 2 in rows and rows[-1] == 1 and rows.index(2) < len(rows) - 1 - rows[::-1].index(2)
     assert sum(1 for r in rows if r == 2) <= 4  # the short one left after its 3 tokens (a step or so to join)
 
