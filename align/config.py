@@ -67,6 +67,12 @@ class Check:
         return None
 
 
+#: transformers.SchedulerType's values (listed here so that resolving a recipe does not import transformers)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+
+
 def opt(default: Any, help: str, **check: Any) -> Any:
     """A recipe option with its help text (shown by `python -m align.run <stage> --help`) and, optionally, what
     values it accepts: `opt(8, "...", min=1)`, `opt(2e-5, "...", above=0)`, `opt("auto", "...", choices=(...))`."""
@@ -124,7 +130,8 @@ class TrainOptions:
     batch_size: int = opt(8, "sequences per device per step", **POSITIVE)
     grad_accum: int = opt(1, "gradient accumulation steps", **POSITIVE)
     lr: float = opt(2e-5, "peak learning rate", above=0)
-    lr_scheduler: str = opt("cosine", "learning-rate schedule (any transformers scheduler name)")
+    lr_scheduler: str = opt("cosine", "learning-rate schedule (a transformers scheduler name)",
+                            choices=LR_SCHEDULERS)
     warmup_ratio: float = opt(0.03, "share of steps spent warming up", **SHARE)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     max_grad_norm: float = opt(1.0, "gradient clipping norm", min=0.0)

@@ -104,6 +104,10 @@ def test_every_shared_training_size_ratio_and_rate_is_range_checked():
     ("dpo.loss_type=sigmoid,nope", "command line: dpo.loss_type='sigmoid,nope' has 'nope'"),
     ("gate.rule=maybe", "command line: gate.rule='maybe' is not one of"),
     ("sft=[1, 2]", "command line: 'sft' is a section (a mapping of its keys), not [1, 2]"),
+    ("lr_scheduler=cosin", "command line: sft.lr_scheduler='cosin' is not one of linear, cosine"),
+    ("eval.top_p=0", "command line: eval.top_p=0.0 must be greater than 0"),
+    ("eval.harmful_prompts=0", "command line: eval.harmful_prompts=0 must be at least 1 (or -1)"),
+    ("eval.refusal_threshold=2", "command line: eval.refusal_threshold=2.0 must be at most 1"),
 ])
 def test_out_of_range_values_and_wrong_shapes_are_refused_by_key(override, message):
     with pytest.raises(ConfigError) as error:
