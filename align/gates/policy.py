@@ -51,15 +51,18 @@ TOXICITY_LABELS = ("toxicity", "severe_toxicity", "obscene", "identity_attack", 
 GATED_STAGES = ("sft", "dpo", "ppo", "grpo", "rloo")
 
 
+RULES = ("non_inferiority", "superiority", "point")
+
+
 @dataclass
 class Limit:
     """Limits of one check; null = no limit."""
 
     max: Optional[float] = None
     min: Optional[float] = None
-    max_increase: Optional[float] = None
-    max_decrease: Optional[float] = None
-    rule: Optional[str] = None  # non_inferiority, superiority or point; null = gate.rule
+    max_increase: Optional[float] = opt(None, "largest allowed rise over the parent (a margin, >= 0)", min=0)
+    max_decrease: Optional[float] = opt(None, "largest allowed fall below the parent (a margin, >= 0)", min=0)
+    rule: Optional[str] = opt(None, "non_inferiority, superiority or point; null = gate.rule", choices=RULES)
 
     @property
     def margin(self) -> Optional[float]:
@@ -120,8 +123,6 @@ StageLimits = dataclasses.make_dataclass(
 )
 StageLimits.__doc__ = "Per-stage overrides of gate.limits."
 
-
-RULES = ("non_inferiority", "superiority", "point")
 
 
 @dataclass

@@ -108,6 +108,9 @@ def test_every_shared_training_size_ratio_and_rate_is_range_checked():
     ("eval.top_p=0", "command line: eval.top_p=0.0 must be greater than 0"),
     ("eval.harmful_prompts=0", "command line: eval.harmful_prompts=0 must be at least 1 (or -1)"),
     ("eval.refusal_threshold=2", "command line: eval.refusal_threshold=2.0 must be at most 1"),
+    ("gate.limits.toxicity_expected_max.max_increase=-0.1",
+     "command line: gate.limits.toxicity_expected_max.max_increase=-0.1 must be at least 0"),
+    ("gate.limits.bbq_ambiguous_bias.rule=maybe", "command line: gate.limits.bbq_ambiguous_bias.rule='maybe' is not one"),
 ])
 def test_out_of_range_values_and_wrong_shapes_are_refused_by_key(override, message):
     with pytest.raises(ConfigError) as error:
