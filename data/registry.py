@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +35,14 @@ from align.paths import DATA_DIR
 
 ROLES = ("system", "user", "assistant")
 HOLDOUT_EVERY = 10
+
+
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s,]+):[^@/\s,]+@")
+
+
+def shown_spec(spec: str) -> str:
+    """A spec as manifests and logs may show it: the password of any database URL in it replaced by ***."""
+    return _URL_PASSWORD.sub(r"\1:***@", spec)
 
 
 @dataclass
@@ -49,8 +58,8 @@ class Rows:
     prompts_trimmed: int = 0  # prompts that lost their earliest turns to a token budget
 
     def manifest_entry(self) -> dict:
-        entry = {"spec": self.spec, "split": self.split, "rows": len(self.rows), "sha256": self.sha256,
-                 "source": self.source}
+        entry = {"spec": shown_spec(self.spec), "split": self.split, "rows": len(self.rows), "sha256": self.sha256,
+                 "source": shown_spec(self.source)}
         if self.dropped:
             entry["dropped"] = len(self.dropped)
         if self.prompts_trimmed:

@@ -99,3 +99,14 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, tiny_model_d
     assert {"no-messages": "row 2, field 'messages'", "bad-role": "row 1, field 'messages[0].role'",
             "missing": "file not found", "empty": "no rows"}[case] in err
     assert not (runs / "bad").exists(), "nothing may be left behind"
+
+
+def test_manifest_entries_never_show_a_database_password():
+    from data.registry import Rows, shown_spec
+
+    spec = "hh-harmless,labels:postgresql://align:s3cret-pw@db.example:5432/labels"
+    assert shown_spec(spec) == "hh-harmless,labels:postgresql://align:***@db.example:5432/labels"
+    assert shown_spec("labels:runs/x/labels.sqlite") == "labels:runs/x/labels.sqlite"
+    entry = Rows(spec=spec, split="train", rows=[], source="postgresql://align:s3cret-pw@db.example/labels",
+                 sha256="0").manifest_entry()
+    assert "s3cret" not in json.dumps(entry) and entry["spec"].endswith("align:***@db.example:5432/labels")
