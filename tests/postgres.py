@@ -11,11 +11,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.helpers import free_port
 
 USER, PASSWORD = "align", "align-test-pw"
 REQUIRE_ENV = "ALIGN_REQUIRE_POSTGRES"  # "1": no server is a failure, not a skip (set by .ci/run)
@@ -60,12 +61,6 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{REQUIRE_ENV}=1 but no PostgreSQL server can be started: {reason}")
     pytest.skip(f"no PostgreSQL server: {reason}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -136,7 +131,7 @@ def start_server() -> PostgresServer:
     bin_dir = find_bin_dir()
     assert bin_dir is not None, unavailable_reason()
     root = Path(tempfile.mkdtemp(prefix="align-pg-"))
-    server = PostgresServer(bin_dir, root, _free_port())
+    server = PostgresServer(bin_dir, root, free_port())
     try:
         return server.start()
     except BaseException:

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 
 from data.store import open_store
+from tests.helpers import free_port  # noqa: F401 — imported from here by the ui and serving tests
 from ui.label import build_app, launch
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def password_of(name: str) -> str:
