@@ -121,8 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from align.models import load_causal_lm, load_tokenizer
     from align.runs import resolve_parent
-    from data.registry import load_prompts
-    from data.store import open_store
+    from align.data.registry import load_prompts
+    from align.data.store import open_store
 
     cfg, options = load_settings(args.config, args.overrides)
     if not options.prompts:

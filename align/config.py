@@ -159,7 +159,7 @@ class GateOptions:
 
 
 def _stage_options() -> dict[str, type]:
-    from stages import STAGES, stage_module
+    from align.stages import STAGES, stage_module
 
     return {name: stage_module(name).Options for name in STAGES}
 
@@ -195,7 +195,7 @@ def recipe_schema() -> type:
     from align.evaluation.options import EvalOptions
 
     fields.append(("eval", EvalOptions, field(default_factory=EvalOptions)))
-    from stages.curate import Options as CurateOptions  # a stage of its own path: data in, data out
+    from align.stages.curate import Options as CurateOptions  # a stage of its own path: data in, data out
 
     fields.append(("curate", CurateOptions, field(default_factory=CurateOptions)))
     from align.sweep.options import SweepOptions

@@ -115,7 +115,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     """Run one stage end to end; returns its finished folder. A failed gate (not overridden) leaves the model in
     runs/<run>/<stage>.gate_failed/, the promoted <stage>/ untouched, and raises a GateError (exit code 2)."""
     from align.models import choose_device, choose_dtype, resolve_source
-    from stages import stage_module
+    from align.stages import stage_module
 
     stage = stage_module(name)
     device = choose_device(cfg.device)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_DIR = PACKAGE_DIR.parent
-DATA_DIR = PROJECT_DIR / "data"
+# align.data is the repository's data/ folder (mapped by the editable install) or align/data inside the wheel.
+DATA_DIR = Path(str(files("align.data")))
 RECIPES_DIR = PACKAGE_DIR / "recipes"
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
 

@@ -63,7 +63,7 @@ def _label_spec(options, run_dir: Path) -> str | None:
     store = options.labels or str(run_dir / "labels.sqlite")
     if "://" not in store and not Path(store).is_file():
         return None
-    from data.store import open_store
+    from align.data.store import open_store
 
     handle = open_store(store)
     try:
@@ -101,7 +101,7 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
     from align.errors import ConfigError
     from align.runs import PROMOTABLE, Parent, StageWork, read_manifest, resolve_parent, stage_fingerprint
     from align.sweep.command import sweep_as_stage, swept_stages
-    from stages import STAGES, stage_module
+    from align.stages import STAGES, stage_module
 
     unknown = [s for s in cfg.pipeline.stages if s not in STAGES]
     if unknown:
@@ -221,7 +221,7 @@ def _final_vs_base(cfg, final_dir: Path, rm_dir: Path) -> dict:
     from align import models
     from align.compare import mean_reply_tokens, rm_judgement
     from align.generate import generate_replies
-    from data.preferences import load_preferences, trim_prompt, unique_prompts
+    from align.data.preferences import load_preferences, trim_prompt, unique_prompts
 
     options = cfg.pipeline
     device = models.choose_device(cfg.device)

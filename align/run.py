@@ -24,16 +24,16 @@ from align.errors import AlignError  # noqa: E402
 COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("align.run", "list the shipped recipes"),
     "data": ("align.run", "list the shipped datasets, or check a dataset row by row (--check SPEC --kind ...)"),
-    "curate": ("stages.curate", "clean, deduplicate and filter training data (chat or pairs) into runs/<run>/curate"),
+    "curate": ("align.stages.curate", "clean, deduplicate and filter training data (chat or pairs) into runs/<run>/curate"),
     "pipeline": ("align.pipeline", "all stages of a recipe in order, each gated, resumable: SFT → RM → DPO by default"),
     "gate": ("align.gates.command", "toxicity and bias gate of any model, alone or against a --baseline"),
     "eval": ("align.evaluation.command", "a model against a --baseline on data its training never used: preference accuracy, independent-judge win rates (raw and length-controlled), refusals, ROUGE/BLEU"),
     "toxicity-model": ("align.gates.toxicity", "build the offline toxicity scorer (Detoxify format) and print its held-out AUROC"),
     "sweep": ("align.sweep.command", "hyperparameter search over a stage on Optuna (the recipe's sweep: section): every trial a gated, reloadable run; resumable, shared by several workers"),
     "candidates": ("align.candidates", "sample k replies per prompt from a model into the label store (for `label`)"),
-    "label": ("ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
+    "label": ("align.ui.label_cli", "serve the labeling app (annotators rank replies; admins see progress and export)"),
     "serve": ("align.serving.cli", "an OpenAI-compatible API (chat completions, streaming, feedback, keys, /metrics) over a run's promoted models"),
-    "chat": ("ui.chat_cli", "chat with a trained model (streaming, compare two, gate verdict); feedback feeds the label store"),
+    "chat": ("align.ui.chat_cli", "chat with a trained model (streaming, compare two, gate verdict); feedback feeds the label store"),
     "bench": ("align.bench", "align's SFT/RM/DPO trainers vs plain TRL (tokens/s, memory, MFU), gate and label-store speed"),
 }
 
@@ -47,7 +47,7 @@ EPILOG = """examples:
 
 def _stage_parser(sub, name: str, help_text: str) -> None:
     from align.config import LoraOptions, ModelOptions, describe_options
-    from stages import stage_module
+    from align.stages import stage_module
 
     options = stage_module(name).Options
     rows = describe_options(options) + describe_options(ModelOptions, "model.") + describe_options(LoraOptions, "lora.")
@@ -122,10 +122,10 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_data(spec: str, kind: str, split: str) -> int:
-    from data.preferences import load_preferences
-    from data.registry import load_chat, load_prompts
+    from align.data.preferences import load_preferences
+    from align.data.registry import load_chat, load_prompts
 
-    from data.registry import catalog
+    from align.data.registry import catalog
 
     loaders = {"chat": load_chat, "prompts": load_prompts,
                "preference": lambda spec, split: load_preferences(spec, split, on_bad="refuse")}
@@ -136,7 +136,7 @@ def _check_data(spec: str, kind: str, split: str) -> int:
 
 
 def _list_data(args) -> int:
-    from data.registry import describe
+    from align.data.registry import describe
 
     if args.check:
         return _check_data(args.check, args.kind, args.split)
@@ -149,7 +149,7 @@ def _list_data(args) -> int:
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """Every command's parser; with `chosen` (the command on the line), only that command's module is imported for
     its arguments (the others' modules load gradio, SQLAlchemy, pandas...: a bad argument fails in a second)."""
-    from stages import STAGES
+    from align.stages import STAGES
 
     parser = argparse.ArgumentParser(
         prog="python -m align.run", formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -293,7 +293,7 @@ def fingerprint_inputs(stage: str, cfg, parent: Parent) -> dict:
     """Everything a stage's result depends on: its recipe section and the shared sections, the parent (its
     manifest's hash, or the source name), and the content of every dataset its options name."""
     from align.config import to_dict
-    from data.registry import spec_digest
+    from align.data.registry import spec_digest
 
     recipe = to_dict(cfg)
     section = recipe.get(stage, {})

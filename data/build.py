@@ -1,6 +1,6 @@
 """Build align's shipped chat (SFT) and preference datasets from the public copies in ../shared/datasets.
 
-    python -m data.build [--shared PATH]
+    python -m align.data.build [--shared PATH]
 
 Every shipped file under data/chat/ and data/preferences/, and data/catalog.json, is regenerated from the
 sources, byte for byte the same on each run (rows in a fixed order, gzip with mtime=0); nothing else is
@@ -446,7 +446,7 @@ def write_all(datasets: list[Dataset], data_dir: Path = DATA_DIR) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Regenerate the shipped datasets and print their row counts and what was dropped."""
-    parser = argparse.ArgumentParser(prog="python -m data.build", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m align.data.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
                         help=f"the public dataset copies (default: {DEFAULT_SHARED})")
     args = parser.parse_args(argv)

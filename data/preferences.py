@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from align.config import ALL_OR_POSITIVE, TrainOptions, opt
 from align.errors import ConfigError, DataError
-from data.registry import Rows, check_messages, load_rows
+from align.data.registry import Rows, check_messages, load_rows
 
 ON_BAD = ("drop", "refuse")
 SHOWN_IN_SUMMARY = 5

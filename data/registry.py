@@ -209,7 +209,7 @@ def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str
         rows, numbers = _read_file(path)
         return rows, str(path.relative_to(DATA_DIR.parent)), sha256_file(path), numbers
     if spec.startswith("labels:"):
-        from data.store import open_store
+        from align.data.store import open_store
 
         target = spec.split(":", 1)[1]
         if "://" not in target and not Path(target).is_file():

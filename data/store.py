@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from align.errors import AlignError, DataError
-from data.labels import FLAG_NAMES, RankedLabel, RankingError, agreement, consensus_pairs, validate_label
+from align.data.labels import FLAG_NAMES, RankedLabel, RankingError, agreement, consensus_pairs, validate_label
 
 ROLES = ("annotator", "admin")
 DEFAULT_HOLD_SECONDS = 15 * 60

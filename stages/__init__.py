@@ -18,4 +18,4 @@ STAGES = {
 
 
 def stage_module(name: str) -> ModuleType:
-    return importlib.import_module(f"stages.{name}")
+    return importlib.import_module(f"align.stages.{name}")

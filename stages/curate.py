@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from align.config import opt
-from data.curate import (balance, decontaminate, dedup, language, length, normalise, pii, toxicity)
+from align.data.curate import (balance, decontaminate, dedup, language, length, normalise, pii, toxicity)
 
 VERSION = "v1"  # of the steps' behaviour: a new version reruns a finished curation
 STAGE = "curate"
@@ -63,9 +63,9 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
     from align.driver import _git_commit, _peak_rss_mb, _versions
     from align.runs import Parent, StageWork, fingerprint_inputs, fingerprint_of, read_manifest, write_json
     from align import config as config_mod
-    from data.curate import Env
-    from data.curate import load as loader
-    from data.curate import report as reporting
+    from align.data.curate import Env
+    from align.data.curate import load as loader
+    from align.data.curate import report as reporting
 
     options = cfg.curate
     run_dir = Path(cfg.runs_dir) / (run or cfg.name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from align.config import POSITIVE, SHARE, opt
-from data.preferences import PreferenceTrainOptions
+from align.data.preferences import PreferenceTrainOptions
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -47,7 +47,7 @@ def run(ctx) -> dict:
 
     from align import models, training
     from align.compare import compare_to_parent
-    from data.preferences import load_stage_pairs, unique_prompts
+    from align.data.preferences import load_stage_pairs, unique_prompts
 
     options, model_options = ctx.options, ctx.cfg.model
     lora = models.lora_config(ctx.cfg.lora)

@@ -87,7 +87,7 @@ def run(ctx) -> dict:
     from align.ppo.rollout import reward_model_function, toxicity_penalty_function
     from align.ppo.trainer import ActorCritic, PPOSettings, PPOTrainer
     from align.reward import load_reward_model
-    from data.preferences import trim_prompt
+    from align.data.preferences import trim_prompt
 
     options, model_options = ctx.options, ctx.cfg.model
 
@@ -202,7 +202,7 @@ def fitting_prompts(tokenizer, prompts: list[list[dict]], max_tokens: int) -> li
 
 
 def _load_prompts(spec: str, split: str, limit: int):
-    from data.registry import load_prompts
+    from align.data.registry import load_prompts
 
     return load_prompts(spec, split, limit=limit)
 
@@ -213,8 +213,8 @@ def _held_out_pairs(ctx, options) -> tuple[list[dict], int]:
     cannot be read, or a split without one usable pair, is a DataError, and a bad pair is dropped, reported and
     counted (the manifest's data entry, dropped_rows.txt, metrics.dropped_rows), never skipped silently."""
     from align.errors import DataError
-    from data.preferences import load_preferences, write_dropped
-    from data.registry import load_rows
+    from align.data.preferences import load_preferences, write_dropped
+    from align.data.registry import load_rows
 
     spec = options.eval_data or options.data
     if options.eval_data is None:  # the training prompts' own test split, when it holds pairs at all

@@ -25,7 +25,7 @@ class Options(TrainOptions):
 def run(ctx) -> dict:
     from align import models, training
     from align.evaluate import assistant_perplexity
-    from data.registry import load_chat
+    from align.data.registry import load_chat
 
     options = ctx.options
 

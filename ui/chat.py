@@ -49,11 +49,11 @@ import gradio as gr
 
 from align.errors import AlignError, ModelError
 from align.runs import PROMOTABLE, failed_checks, finished_stages, read_manifest
-from data.store import LabelStore, open_store
-from ui import access
-from ui.access import GuardedLogin, TLSFiles, is_loopback
-from ui.chat_cli import DEFAULT_PORT
-from ui.label import conversation_html, text_html
+from align.data.store import LabelStore, open_store
+from align.ui import access
+from align.ui.access import GuardedLogin, TLSFiles, is_loopback
+from align.ui.chat_cli import DEFAULT_PORT
+from align.ui.label import conversation_html, text_html
 
 #: Stages whose model one can chat with, best first within a run. (An rm stage is a reward model.)
 CHAT_STAGES = ("ppo", "dpo", "sft")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from ui.access import add_tls_arguments, tls_files
+from align.ui.access import add_tls_arguments, tls_files
 
 DEFAULT_PORT = 7862
 
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         raise AlignError("--user names the person behind a --no-auth server; with sign-in, feedback is credited "
                          "to the signed-in account")
     tls = tls_files(args.ssl_certfile, args.ssl_keyfile)
-    from ui.chat import serve  # gradio and torch load only when the app is served
+    from align.ui.chat import serve  # gradio and torch load only when the app is served
 
     serve(args.model, compare=args.compare, compare_choices=args.compare_choice, store=args.store,
           runs_dir=args.runs_dir, host=args.host, port=args.port, filter_threshold=args.filter_toxicity,

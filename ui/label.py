@@ -34,11 +34,11 @@ from pathlib import Path
 import gradio as gr
 
 from align.errors import AlignError
-from data.labels import FLAG_NAMES, RankingError, tiers_from_ranks
-from data.store import DEFAULT_HOLD_SECONDS, LabelStore, open_store
-from ui import access
-from ui.access import GuardedLogin, TLSFiles
-from ui.label_cli import DEFAULT_PORT
+from align.data.labels import FLAG_NAMES, RankingError, tiers_from_ranks
+from align.data.store import DEFAULT_HOLD_SECONDS, LabelStore, open_store
+from align.ui import access
+from align.ui.access import GuardedLogin, TLSFiles
+from align.ui.label_cli import DEFAULT_PORT
 
 LETTERS = "ABCDEFGH"
 MAX_REPLIES = len(LETTERS)

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 
 from align.errors import AlignError
-from data.store import DEFAULT_HOLD_SECONDS, ROLES, open_store
-from ui.access import add_tls_arguments, tls_files
+from align.data.store import DEFAULT_HOLD_SECONDS, ROLES, open_store
+from align.ui.access import add_tls_arguments, tls_files
 
 DEFAULT_PORT = 7861
 
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
         rows = open_store(store_location).write_preferences_jsonl(args.export)
         print(f"wrote {rows} preference pairs to {args.export}")
         return 0
-    from ui.label import serve  # gradio loads only when the app is served
+    from align.ui.label import serve  # gradio loads only when the app is served
 
     tls = tls_files(args.ssl_certfile, args.ssl_keyfile)
     serve(store_location, args.host, args.port, annotators_per_item=args.annotators_per_item,
@@ -105,7 +105,7 @@ def _save_account(store, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m ui.label_cli", description=__doc__.splitlines()[0])
+    _parser = argparse.ArgumentParser(prog="python -m align.ui.label_cli", description=__doc__.splitlines()[0])
     add_arguments(_parser)
     try:
         raise SystemExit(main(_parser.parse_args()))

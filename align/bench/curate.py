@@ -109,7 +109,7 @@ def dedup_quality(removed: list[dict], planted: dict[int, int], source: str) -> 
 
 def engine_timings(texts: list[str], threshold: float, num_perm: int, shingle: int) -> dict:
     """Seconds to MinHash every text and query/insert it in an LSH index, per engine installed."""
-    from data.curate.dedup import bands_for, shingles
+    from align.data.curate.dedup import bands_for, shingles
 
     sets = [sorted(shingles(t, shingle)) for t in texts]
     timings = {}
@@ -154,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from align.config import load_recipe
     from align.runs import write_json
-    from stages.curate import STEPS, curate
+    from align.stages.curate import STEPS, curate
 
     skipped = [s for s in args.skip.split(",") if s]
     unknown = set(skipped) - set(STEPS)

@@ -111,7 +111,7 @@ def toxic_comments(source: str = "davidson", min_toxicity: float = 0.5, max_char
 
 def hh_exchanges() -> list[tuple[str, str]]:
     """(first user turn, first assistant reply) of every HH-harmless chosen dialogue of the training split."""
-    from data.registry import load_chat
+    from align.data.registry import load_chat
 
     pairs = []
     for row in load_chat("hh-harmless-chosen", "train").rows:
@@ -206,7 +206,7 @@ def _chat(user: str, reply: str) -> dict:
 
 
 def _holdout_every() -> int:
-    from data.registry import HOLDOUT_EVERY
+    from align.data.registry import HOLDOUT_EVERY
 
     return HOLDOUT_EVERY
 

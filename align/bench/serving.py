@@ -55,7 +55,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def measure_store(spec: dict) -> dict:
     """Latency of LabelStore.submit over `submits` labels, each on an item fetched with next_item (not timed)."""
-    from data.store import open_store
+    from align.data.store import open_store
 
     count = spec["submits"]
     store = open_store(Path(spec["work_dir"]) / "labels.sqlite")

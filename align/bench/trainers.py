@@ -39,8 +39,8 @@ def bench_recipe(spec: dict):
 def training_rows(stage: str, options, steps: int):
     """The rows both sides train on: the recipe's data, enough for `steps` optimizer steps (more for the reward
     model, which leaves out pairs longer than max_length)."""
-    from data.preferences import load_preferences
-    from data.registry import load_chat
+    from align.data.preferences import load_preferences
+    from align.data.registry import load_chat
 
     needed = steps * options.batch_size * options.grad_accum
     if stage == "sft":
@@ -90,7 +90,7 @@ def align_trainer(stage: str, cfg, dataset, work_dir: Path):
     from align import models
     from align.driver import StageContext
     from align.runs import Parent, StageWork
-    from stages import stage_module
+    from align.stages import stage_module
 
     module = stage_module(stage)
     work = StageWork(Path(cfg.runs_dir) / "bench", stage)

@@ -119,7 +119,7 @@ def judge_config(options, data: str, device: str):
 
 def judge_key(cfg) -> str:
     from align.config import to_dict
-    from data.registry import spec_digest
+    from align.data.registry import spec_digest
 
     return hashlib.sha256(json.dumps([VERSION, to_dict(cfg.rm), cfg.seed, spec_digest(cfg.rm.data)],
                                      sort_keys=True, default=str).encode()).hexdigest()

@@ -105,7 +105,7 @@ def measure(source: str, units, options, model_options=None, device: str = "auto
     from align.compare import pair_logprobs
     from align.evaluate import assistant_perplexity
     from align.generate import generate_replies
-    from data.preferences import trim_prompt
+    from align.data.preferences import trim_prompt
 
     clock = _Clock()
     with clock.part("load"):

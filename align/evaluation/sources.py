@@ -83,7 +83,7 @@ def stage_manifests(*sources: str | None) -> list[dict]:
 
 def training_specs(manifests: list[dict]) -> set[str]:
     """Every dataset spec (each part of a comma-joined mix) read as a `train` split by the given stages."""
-    from data.registry import mix_parts
+    from align.data.registry import mix_parts
 
     specs = set()
     for manifest in manifests:
@@ -95,7 +95,7 @@ def training_specs(manifests: list[dict]) -> set[str]:
 
 def family(name: str) -> str | None:
     """The upstream a shipped dataset was converted from (None for anything not shipped)."""
-    from data.registry import catalog
+    from align.data.registry import catalog
 
     entry = catalog().get(name)
     return entry.get("source") if entry else None
@@ -103,7 +103,7 @@ def family(name: str) -> str | None:
 
 def choose_shipped(requested: list[str], kind: str, used: set[str], option: str) -> tuple[list[str], list[str], list[str]]:
     """(chosen, left out as used in training, notes) for an `eval.*_sources` option."""
-    from data.registry import catalog
+    from align.data.registry import catalog
 
     used_families = {family(s) for s in used} - {None}
     shipped = [name for name, entry in catalog().items() if entry["kind"] == kind]
@@ -138,7 +138,7 @@ def _spread(groups: dict[str, list], n: int, seed: int) -> list:
 
 
 def preference_units(sources: list[str], per_source: int, seed: int) -> dict[str, list[dict]]:
-    from data.preferences import load_preferences
+    from align.data.preferences import load_preferences
 
     units = {}
     for source in sources:
@@ -185,7 +185,7 @@ def gate_sampled_requests(gate_options: list) -> tuple[set[str], bool]:
 
 def training_user_turns(specs: set[str]) -> set[str]:
     """Every user turn (stripped) of the training splits of these specs; specs that cannot be read are skipped."""
-    from data.registry import read_spec
+    from align.data.registry import read_spec
 
     turns = set()
     for spec in specs:
@@ -232,7 +232,7 @@ def benign_units(n: int, seed: int) -> list[dict]:
 
 
 def reference_units(sources: list[str], n: int, seed: int) -> list[dict]:
-    from data.registry import load_chat
+    from align.data.registry import load_chat
 
     groups = {}
     for source in sources:

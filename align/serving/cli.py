@@ -88,9 +88,9 @@ def main(args) -> int:
     from align.serving.keys import ApiKeys
     from align.serving.resolve import model_id, served_models
     from align.serving.server import serve_forever
-    from data.store import open_store
-    from ui.access import is_loopback
-    from ui.chat import default_store_path, store_name
+    from align.data.store import open_store
+    from align.ui.access import is_loopback
+    from align.ui.chat import default_store_path, store_name
 
     _check(args)
     chat_models = served_models(run=args.run, model=args.model, runs_dir=args.runs_dir,

@@ -32,7 +32,7 @@ class Verdict:
 
 class OutputFilter:
     def __init__(self, threshold: float, action: str = "refuse", scorer: str = "offline"):
-        from ui.chat import ToxicityFilter
+        from align.ui.chat import ToxicityFilter
 
         if not 0.0 <= float(threshold) <= 1.0:
             raise AlignError(f"--filter-toxicity must be between 0 and 1, got {threshold}")

@@ -24,7 +24,7 @@ def model_id(chat_model) -> str:
 
 
 def check_gate(name: str, manifest: dict | None, allow_ungated: bool) -> None:
-    from ui.chat import gate_summary
+    from align.ui.chat import gate_summary
 
     if allow_ungated or (manifest or {}).get("status") in SERVABLE:
         return
@@ -35,7 +35,7 @@ def check_gate(name: str, manifest: dict | None, allow_ungated: bool) -> None:
 def served_models(*, run: str | None = None, model: str | None = None, runs_dir: str | Path = "runs",
                   allow_ungated: bool = False) -> list:
     """The ChatModels to serve (not loaded), the default first."""
-    from ui.chat import CHAT_STAGES, ChatModel, resolve_chat_model
+    from align.ui.chat import CHAT_STAGES, ChatModel, resolve_chat_model
 
     runs_dir = Path(runs_dir)
     if run and model:

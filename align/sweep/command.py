@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from stages import STAGES
+    from align.stages import STAGES
 
     parser.add_argument("stage", choices=list(STAGES), help="the stage to search over")
     parser.add_argument("--config", default="default", help="recipe name or YAML path (default: default)")
@@ -40,7 +40,7 @@ def run_sweep(stage: str, cfg, *, run: str | None = None, parent_spec: str | Non
     from align.runs import resolve_parent
     from align.sweep import promote, report, study as study_mod
     from align.sweep.space import search_space
-    from stages import stage_module
+    from align.stages import stage_module
 
     options = cfg.sweep
     if options.trials < 1:

@@ -121,7 +121,7 @@ def _extremes(distribution) -> list:
 def search_space(cfg, stage: str, skip_other_stages: bool = False) -> list[Param]:
     """The checked search space of `cfg.sweep.params` for a sweep of `stage`. A key of another stage's section
     is refused (it would not change this stage), or, for a pipeline that sweeps several stages, left to that one."""
-    from stages import STAGES
+    from align.stages import STAGES
 
     raw = OmegaConf.to_container(cfg.sweep.params, resolve=True) if OmegaConf.is_config(cfg.sweep.params) \
         else dict(cfg.sweep.params)

@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from align.config import opt
-from data.curate import Removed, StepResult, first_user_turn
-from data.curate.dedup import words
+from align.data.curate import Removed, StepResult, first_user_turn
+from align.data.curate.dedup import words
 
 STEP = "balance"
 CAP = {"min": 1, "also": (-1,)}

@@ -18,8 +18,8 @@ from functools import lru_cache
 from tqdm.auto import tqdm
 
 from align.config import opt
-from data.curate import Removed, StepResult, user_text
-from data.curate.dedup import words
+from align.data.curate import Removed, StepResult, user_text
+from align.data.curate.dedup import words
 
 STEP = "decontaminate"
 BENCHMARKS = ("toxicity", "crows_pairs", "bbq", "bold", "benign_requests", "held_out")

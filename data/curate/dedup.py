@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from align.config import SHARE, opt
-from data.curate import Removed, StepResult, row_text, user_text
+from align.data.curate import Removed, StepResult, row_text, user_text
 
 STEP = "dedup"
 _WORD = re.compile(r"\w+", re.UNICODE)

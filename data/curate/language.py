@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from align.config import opt
 from align.errors import ConfigError
-from data.curate import Removed, StepResult, row_text
+from align.data.curate import Removed, StepResult, row_text
 
 STEP = "language"
 # The languages the detector chooses among by default: widely written ones, kept apart well by lingua.

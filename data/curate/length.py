@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from align.config import opt
-from data.curate import Removed, StepResult
+from align.data.curate import Removed, StepResult
 
 STEP = "length"
 OFF = {"min": 0, "also": (-1,)}

@@ -10,8 +10,8 @@ under `on_bad_rows=refuse`; under `drop` it is left out and counted with its rea
 from __future__ import annotations
 
 from align.errors import DataError
-from data.curate import CHAT, PREFERENCE, Record, Removed, StepResult
-from data.registry import check_chat_row, mix_parts, read_spec
+from align.data.curate import CHAT, PREFERENCE, Record, Removed, StepResult
+from align.data.registry import check_chat_row, mix_parts, read_spec
 
 STEP = "validate"
 SPLITS = ("test", "train")  # the test split first: a train row duplicating a held-out one is the one that goes
@@ -39,7 +39,7 @@ def _reason(error: DataError) -> str:
 
 def load(spec: str, kind: str = "auto", on_bad_rows: str = "drop") -> tuple[StepResult, list[dict]]:
     """(the valid rows of both splits as records, and those left out; each part's manifest entry)."""
-    from data.preferences import check_preference_row
+    from align.data.preferences import check_preference_row
 
     checks = {CHAT: check_chat_row, PREFERENCE: check_preference_row}
     result = StepResult(kept=[], notes={"rows_read": {}})

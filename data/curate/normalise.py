@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 
 from align.config import opt
-from data.curate import StepResult, map_contents
-from data.curate.parallel import run_rows
+from align.data.curate import StepResult, map_contents
+from align.data.curate.parallel import run_rows
 
 STEP = "normalise"
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from data.curate import Record, Removed, StepResult
+from align.data.curate import Record, Removed, StepResult
 
 
 def _apply_batch(batch: dict, fn, options: dict) -> dict:

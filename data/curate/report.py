@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from align.runs import write_json, write_text_atomic
-from data.curate import Removed, row_text
+from align.data.curate import Removed, row_text
 
 JSON_NAME, HTML_NAME, REMOVED_NAME = "curate_report.json", "curate_report.html", "removed.jsonl"
 EXAMPLES_PER_REASON = 3

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from align.config import SHARE, opt
-from data.curate import Removed, StepResult, trained_replies
+from align.data.curate import Removed, StepResult, trained_replies
 
 STEP = "toxicity"
 

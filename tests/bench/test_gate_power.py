@@ -71,7 +71,7 @@ def test_null_child_is_the_parents_files_byte_for_byte_in_a_new_folder(tmp_path,
 @pytest.mark.parametrize("source, toxic_format", [("davidson", "continuation"), ("civil", "reply")])
 def test_planted_data_holds_toxic_replies_at_share_p_and_neutral_data_none(tmp_path, source, toxic_format):
     from align.gates.toxicity_eval import prompt_sources
-    from data.registry import load_chat
+    from align.data.registry import load_chat
 
     rows, share = 40, 0.25
     exchanges = gate_power.chosen_exchanges(rows, seed=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from data.store import open_store
+from align.data.store import open_store
 from tests.helpers import run_cli
 
 

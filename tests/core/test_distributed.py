@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from align.paths import PACKAGE_DIR, PROJECT_DIR
+from align.paths import PACKAGE_DIR
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # the repository root
 from tests.helpers import run_cli
 
 ACCELERATE_DIR = PACKAGE_DIR / "accelerate"

@@ -12,7 +12,7 @@ def tiny_sft_trainer(tiny_model_dir, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     from align import models
-    from data.registry import load_chat
+    from align.data.registry import load_chat
 
     tokenizer = models.load_tokenizer(str(tiny_model_dir))
     tokenizer.chat_template = models.training_chat_template(tokenizer)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from data import build
-from data.build import (Dropped, alpaca_to_chat, hh_pair_to_preference, jsonl_bytes, oasst_ranked_pairs,
+from align.data import build
+from align.data.build import (Dropped, alpaca_to_chat, hh_pair_to_preference, jsonl_bytes, oasst_ranked_pairs,
                         oasst_top_path, parse_hh_dialogue, sharegpt_to_preference, split_by_group)
 
 DATA_DIR = build.DATA_DIR

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from align.config import load_recipe
-from data.curate import CHAT, PREFERENCE, Env, Record
-from data.curate import balance, decontaminate, dedup, language, length, normalise, pii, toxicity
-from data.curate.parallel import run_rows
+from align.data.curate import CHAT, PREFERENCE, Env, Record
+from align.data.curate import balance, decontaminate, dedup, language, length, normalise, pii, toxicity
+from align.data.curate.parallel import run_rows
 from tests.helpers import run_cli
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po") for b in ("ba", "de", "fi", "go", "hu",
@@ -256,7 +256,7 @@ def test_curate_command_writes_curated_splits_removed_rows_and_report(tmp_path, 
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["stage"] == "curate" and manifest["metrics"]["rows_out"] == 23
 
-    from data.registry import load_chat
+    from align.data.registry import load_chat
 
     train = load_chat(f"curated:{runs / 'tiny'}", "train")
     assert len(train.rows) == 21 and "[EMAIL]" in train.rows[0]["messages"][1]["content"]
@@ -271,8 +271,8 @@ def test_curate_command_writes_curated_splits_removed_rows_and_report(tmp_path, 
 
 def test_curated_preference_pairs_load_for_rm_and_dpo_and_not_for_sft(tmp_path):
     from align.errors import DataError
-    from data.preferences import load_preferences
-    from data.registry import load_chat
+    from align.data.preferences import load_preferences
+    from align.data.registry import load_chat
 
     rows = [pair(f"Which {w} is best?", f"The {w} with the green label.", "None of them.") for w in VOCAB[:12]]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.errors import ConfigError, DataError
-from data.preferences import load_preferences, trim_prompt, write_dropped
+from align.data.preferences import load_preferences, trim_prompt, write_dropped
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
@@ -118,7 +118,7 @@ def test_a_chat_dataset_is_refused_as_preference_data():
 
 def test_label_store_pairs_load_through_the_labels_spec(tmp_path):
     """The labeling UI's export is read as it is: a ranking of three replies gives three pairs, a tie none."""
-    from data.store import open_store
+    from align.data.store import open_store
 
     path = tmp_path / "labels.sqlite"
     store = open_store(path)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.errors import DataError
-from data.registry import load_chat, load_prompts
+from align.data.registry import load_chat, load_prompts
 from tests.helpers import run_cli
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
@@ -102,7 +102,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, tiny_model_d
 
 
 def test_manifest_entries_never_show_a_database_password():
-    from data.registry import Rows, shown_spec
+    from align.data.registry import Rows, shown_spec
 
     spec = "hh-harmless,labels:postgresql://align:s3cret-pw@db.example:5432/labels"
     assert shown_spec(spec) == "hh-harmless,labels:postgresql://align:***@db.example:5432/labels"

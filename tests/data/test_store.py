@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from align.errors import AlignError, DataError
-from data.labels import RankingError
-from data.store import SCHEMA_VERSION, LabelStore, create_store_engine, open_store
+from align.data.labels import RankingError
+from align.data.store import SCHEMA_VERSION, LabelStore, create_store_engine, open_store
 
 
 def user(text):

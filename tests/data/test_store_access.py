@@ -13,7 +13,7 @@ import time
 import pytest
 
 from align.errors import AlignError
-from data.store import MIN_PASSWORD_LENGTH, AssignmentError, open_store
+from align.data.store import MIN_PASSWORD_LENGTH, AssignmentError, open_store
 
 
 def user(text):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from align.errors import AlignError
-from data.store import open_store, store_url
+from align.data.store import open_store, store_url
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from data.store import open_store
+from align.data.store import open_store
 from tests.serving.support import client, make_run, serving
 
 pytestmark = pytest.mark.timeout(300)

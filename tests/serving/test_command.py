@@ -105,7 +105,7 @@ def test_the_command_serves_the_openai_client_until_killed(runs, tmp_path):
 
 def test_api_keys_work_on_each_database(label_db):
     from align.serving.keys import ApiKeys
-    from data.store import open_store
+    from align.data.store import open_store
 
     store = open_store(label_db)
     try:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from align.serving.moderation import REFUSAL, OutputFilter
-from data.store import open_store
+from align.data.store import open_store
 from tests.serving.support import client, make_run, serving
 
 pytestmark = pytest.mark.timeout(600)

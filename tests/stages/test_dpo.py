@@ -70,7 +70,7 @@ def test_reference_is_the_parent_not_the_trained_policy(tiny_sft, tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     from align import models
-    from data.registry import Rows
+    from align.data.registry import Rows
 
     tokenizer = models.load_tokenizer(str(tiny_sft))
     policy = models.load_causal_lm(str(tiny_sft), device="cpu")

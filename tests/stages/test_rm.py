@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from stages.rm import LENGTH_FIT_PAIRS
+from align.stages.rm import LENGTH_FIT_PAIRS
 from tests.helpers import run_cli
 from tests.stages.marker_pairs import MARKER, write_marker_pairs
 
@@ -74,7 +74,7 @@ def test_rm_trains_on_label_store_pairs_with_lora(tmp_path, tiny_model_dir):
     """labels:<store> end to end: a few labeled items → preference pairs → 2 LoRA steps → a merged reward model."""
     from transformers import AutoModelForSequenceClassification
 
-    from data.store import open_store
+    from align.data.store import open_store
 
     store_path = tmp_path / "labels.sqlite"
     store = open_store(store_path)
@@ -171,7 +171,7 @@ def length_rm(tmp_path_factory, tiny_model_dir):
 
 def test_length_balance_trains_on_as_many_chosen_shorter_as_chosen_longer_pairs(length_rm):
     from align.reward_diagnostics import pair_lengths
-    from data.preferences import load_preferences
+    from align.data.preferences import load_preferences
 
     data, folder = length_rm
     chosen, rejected = pair_lengths(load_preferences(str(data), "train").rows)
@@ -194,7 +194,7 @@ def test_length_regression_is_stored_in_the_folder_and_applied_by_align_reward(l
 
     from align import reward
     from align.reward_diagnostics import length_diagnostics
-    from data.preferences import load_preferences
+    from align.data.preferences import load_preferences
 
     data, folder = length_rm
     metrics = json.loads((folder / "manifest.json").read_text())["metrics"]

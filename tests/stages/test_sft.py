@@ -79,7 +79,7 @@ def test_short_run_lowers_perplexity_and_the_model_reloads(tiny_sft):
     """The session's tiny SFT run: held-out perplexity drops, and plain transformers loads and generates."""
     from align.evaluate import assistant_perplexity
     from align.generate import generate_replies
-    from data.registry import load_chat
+    from align.data.registry import load_chat
 
     manifest = json.loads((tiny_sft / "manifest.json").read_text())
     assert manifest["status"] == "ungated" and manifest["stage"] == "sft"  # the tiny recipe turns the gate off

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from tests.ui.label_support import free_port
-from ui.access import GuardedLogin
-from ui.chat import ChatModel, ToxicityFilter, build_app, launch, resolve_chat_model
+from align.ui.access import GuardedLogin
+from align.ui.chat import ChatModel, ToxicityFilter, build_app, launch, resolve_chat_model
 
 PASSED_GATE = {"verdict": "pass", "override": None, "error": None,
                "checks": [{"name": "toxicity.expected_max", "value": 0.1, "passed": True},

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
-from data.store import open_store
+from align.data.store import open_store
 from tests.helpers import free_port  # noqa: F401 — imported from here by the ui and serving tests
-from ui.label import build_app, launch
+from align.ui.label import build_app, launch
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

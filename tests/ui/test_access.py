@@ -14,7 +14,7 @@ from align.errors import AlignError
 from tests.helpers import run_cli
 from tests.ui.chat_support import running_chat
 from tests.ui.label_support import make_store, password_of, running_app
-from ui.access import GuardedLogin, LoginThrottle, is_loopback, tls_files
+from align.ui.access import GuardedLogin, LoginThrottle, is_loopback, tls_files
 
 pytestmark = pytest.mark.timeout(300)
 

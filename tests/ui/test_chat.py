@@ -12,7 +12,7 @@ import pytest
 from align.errors import ModelError
 from tests.ui.chat_support import FAILED_GATE, make_stage, running_chat
 from tests.ui.label_support import make_store, password_of
-from ui.chat import EMBEDDED_DEFAULT, default_store_path, gate_summary, resolve_chat_model
+from align.ui.chat import EMBEDDED_DEFAULT, default_store_path, gate_summary, resolve_chat_model
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -129,7 +129,7 @@ def test_a_message_gets_a_streamed_reply_and_thumbs_are_stored(tiny_model_dir, s
 
 
 def test_compare_choices_become_preference_pairs_for_training(runs, store, tmp_path):
-    from data.registry import read_spec
+    from align.data.registry import read_spec
 
     sft, dpo = str(runs / "demo" / "sft"), str(runs / "demo" / "dpo")
     with running_chat(dpo, store, compare=sft, runs_dir=runs) as url:
@@ -219,7 +219,7 @@ def test_no_auth_is_for_loopback_hosts_only_and_marks_its_rows(tiny_model_dir, s
     from align.errors import AlignError
     from tests.helpers import run_cli
     from tests.ui.label_support import free_port
-    from ui.chat import build_app, launch
+    from align.ui.chat import build_app, launch
 
     app = build_app(resolve_chat_model(str(tiny_model_dir)), store=store, user="me")
     with pytest.raises(AlignError, match="loopback hosts only"):
@@ -258,7 +258,7 @@ def test_the_compare_list_is_fixed_at_start_and_refuses_other_paths_alike(runs, 
 
 
 def test_the_model_cache_keeps_the_few_most_recently_used():
-    from ui.chat import ChatModel, ModelCache
+    from align.ui.chat import ChatModel, ModelCache
 
     made = []
     cache = ModelCache(lambda name: made.append(name) or ChatModel(name=name, source=name), size=2)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from data.store import open_store
+from align.data.store import open_store
 from tests.ui.chat_support import make_stage, running_chat
 from tests.ui.label_support import chromium, make_store, password_of
 

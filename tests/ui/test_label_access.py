@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from data.store import open_store
+from align.data.store import open_store
 from tests.helpers import run_cli
 from tests.ui.label_support import make_store, password_of, running_app
 

@@ -92,7 +92,7 @@ def test_a_killed_server_loses_no_committed_label_and_releases_holds_on_restart(
     if "://" not in path:  # the SQLite file is intact (PostgreSQL keeps its own files)
         with sqlite3.connect(path) as raw:
             assert raw.execute("pragma integrity_check").fetchone() == ("ok",)
-    from data.store import open_store
+    from align.data.store import open_store
 
     store = open_store(path)
     labeled = [label.item_id for label in store.labels() if label.annotator == "ada"]
