@@ -7,8 +7,11 @@ Throttling (`LoginThrottle`): failed sign-ins are counted per name and per clien
 first `free_failures` (5) cost nothing; after that each key is locked for `base_delay_s` (2 s),
 doubling with every further failure up to `max_delay_s` (15 min). While a name or an address is
 locked every attempt is refused, the right password included, with HTTP 429 and the line "Too many
-failed sign-ins ...: try again in N s". A successful sign-in clears both counts. Counts live in
-the server process (a restart clears them). Behind a reverse proxy every client has the proxy's
+failed sign-ins ...: try again in N s". A successful sign-in clears its name's count only: the
+address keeps its count, so someone with an account of their own cannot sign in between guesses at
+other names to reset the address. A key's count is forgotten once it has seen no failure for
+`forget_after_s` (15 min), so an office behind one address is not locked out by a day of typos.
+Counts live in the server process (a restart clears them). Behind a reverse proxy every client has the proxy's
 address, so the per-address count then covers everyone: prefer serving TLS here (`TLSFiles`).
 """
 
@@ -62,14 +65,17 @@ class ClientAddress:
 class _Count:
     failures: int = 0
     locked_until: float = 0.0
+    last_failure: float = float("-inf")
 
 
 class LoginThrottle:
     """Failed sign-ins per key (a name, an address); see the module docstring for the rule."""
 
     def __init__(self, *, free_failures: int = 5, base_delay_s: float = 2.0, max_delay_s: float = 900.0,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000):
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000,
+                 forget_after_s: float = 900.0):
         self.free_failures, self.base_delay_s, self.max_delay_s = free_failures, base_delay_s, max_delay_s
+        self.forget_after_s = forget_after_s
         self.clock, self.max_keys = clock, max_keys
         self._counts: dict[tuple[str, str], _Count] = {}
         self._lock = threading.Lock()
@@ -87,7 +93,10 @@ class LoginThrottle:
                 self._counts = {k: c for k, c in self._counts.items() if c.locked_until > now}
             for key in keys:
                 count = self._counts.setdefault(key, _Count())
+                if now - count.last_failure > self.forget_after_s and count.locked_until <= now:
+                    count.failures = 0  # a quiet spell: start counting again
                 count.failures += 1
+                count.last_failure = now
                 if count.failures >= self.free_failures:
                     delay = self.base_delay_s * 2 ** (count.failures - self.free_failures)
                     count.locked_until = now + min(self.max_delay_s, delay)
@@ -98,9 +107,11 @@ class LoginThrottle:
                 f"before the next try, doubling with each further failure (at most {self.max_delay_s / 60:g} min).")
 
     def succeeded(self, keys: list[tuple[str, str]]) -> None:
+        """A sign-in worked: forget the name's failures (an address's count is kept; see the module docstring)."""
         with self._lock:
             for key in keys:
-                self._counts.pop(key, None)
+                if key[0] != "address":
+                    self._counts.pop(key, None)
 
 
 class GuardedLogin:

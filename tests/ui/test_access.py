@@ -46,6 +46,21 @@ def test_the_throttle_locks_a_key_after_five_failures_with_a_growing_back_off():
     assert throttle.wait_s(ada) == 0
 
 
+def test_a_success_clears_the_name_but_not_the_address_and_a_quiet_spell_forgets_both():
+    clock = Clock()
+    throttle = LoginThrottle(free_failures=3, base_delay_s=2, max_delay_s=60, forget_after_s=100, clock=clock)
+    insider = [("name", "mallory"), ("address", "10.0.0.9")]
+    for victim in ("ada", "bob"):  # guesses at other names from one address
+        throttle.failed([("name", victim), ("address", "10.0.0.9")])
+    throttle.succeeded(insider)  # signing in with an own account in between ...
+    throttle.failed([("name", "cy"), ("address", "10.0.0.9")])
+    assert throttle.wait_s([("address", "10.0.0.9")]) == 2  # ... does not reset the address: third failure locks
+    assert throttle.wait_s([("name", "mallory")]) == 0
+    clock.now += 101  # no failure for longer than forget_after_s
+    throttle.failed([("name", "dan"), ("address", "10.0.0.9")])
+    assert throttle.wait_s([("address", "10.0.0.9")]) == 0  # counting started again at one
+
+
 def test_loopback_hosts():
     assert all(is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
     assert not any(is_loopback(host) for host in ("0.0.0.0", "192.168.1.5", "::", "example.org"))
@@ -76,7 +91,9 @@ def test_sign_in_is_throttled_per_name_and_per_address_with_a_clear_line(tmp_pat
         assert login(url, "cy", password_of("cy"), address="127.0.0.2").status_code == 200  # neither: fine
         time.sleep(1.6)  # the back-off lapses
         assert login(url, "ada", password_of("ada")).status_code == 200
-        assert login(url, "bob", password_of("bob")).status_code == 200  # the success cleared the address
+        assert login(url, "bob", password_of("bob")).status_code == 200  # the lock on the address lapsed too
+        assert login(url, "bob", "one more guess").status_code == 400
+        assert login(url, "cy", password_of("cy")).status_code == 429  # ada's success did not clear the address
 
 
 @pytest.fixture(scope="module")
