@@ -30,13 +30,13 @@ SECTION = "candidates"
 class Options:
     prompts: Optional[str] = opt(None, "prompt dataset spec: a shipped name, a JSONL/JSON/Parquet/CSV file, a hub id")
     split: str = opt("train", "split of the prompt dataset")
-    limit: int = opt(-1, "use at most this many prompts (-1: all)")
-    n: int = opt(4, "replies sampled per prompt (the k an annotator ranks, 2 to 8)")
-    max_new_tokens: int = opt(128, "longest reply, in tokens")
-    temperature: float = opt(0.9, "sampling temperature (higher: more varied candidates)")
-    top_p: float = opt(0.95, "nucleus sampling threshold")
-    batch_size: int = opt(8, "sequences generated together")
-    chunk: int = opt(16, "prompts generated between two writes to the store (the resume granularity)")
+    limit: int = opt(-1, "use at most this many prompts (-1: all)", min=1, also=(-1,))
+    n: int = opt(4, "replies sampled per prompt (the k an annotator ranks, 2 to 8)", min=2, max=8)
+    max_new_tokens: int = opt(128, "longest reply, in tokens", min=1)
+    temperature: float = opt(0.9, "sampling temperature (higher: more varied candidates)", above=0.0)
+    top_p: float = opt(0.95, "nucleus sampling threshold", above=0.0, max=1.0)
+    batch_size: int = opt(8, "sequences generated together", min=1)
+    chunk: int = opt(16, "prompts generated between two writes to the store (the resume granularity)", min=1)
     store: Optional[str] = opt(None, "label store: a SQLite file or a database URL (default: <run>/labels.sqlite)")
 
 

@@ -67,6 +67,9 @@ class Check:
         return None
 
 
+#: transformers' attention implementations that need no download (a hub kernel id would fetch code at load time)
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
 #: transformers.SchedulerType's values (listed here so that resolving a recipe does not import transformers)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
@@ -107,7 +110,8 @@ class ModelOptions:
         None, "pad token for tokenizers that have none (default: the EOS token, with a notice)"
     )
     trust_remote_code: bool = opt(False, "allow model code from the hub (only for sources you trust)")
-    attn_implementation: Optional[str] = opt(None, "attention kernel: eager, sdpa, flash_attention_2 (default: sdpa)")
+    attn_implementation: Optional[str] = opt(None, "attention kernel: eager, sdpa, flash_attention_2 (default: sdpa)",
+                                               choices=ATTENTION_KERNELS)
 
 
 @dataclass

@@ -31,8 +31,8 @@ class PipelineOptions:
         None, "label store whose exported pairs join the rm and dpo data (default: runs/<run>/labels.sqlite if it exists)")
     mix_labels: bool = opt(True, "mix the label store's pairs into the rm and dpo data when it has any")
     final_eval_prompts: int = opt(64, "held-out prompts (the rm's test split) that the final model and the base "
-                                      "model both answer, judged by the run's rm; 0 skips the comparison")
-    final_eval_max_new_tokens: int = opt(48, "reply length cap in that comparison")
+                                      "model both answer, judged by the run's rm; 0 skips the comparison", min=0)
+    final_eval_max_new_tokens: int = opt(48, "reply length cap in that comparison", min=1)
     eval_final: bool = opt(True, "close with `eval` of the final model against the base model (the recipe's `eval` "
                                  "section: held-out data, an independent judge; the summary leads with it)")
     sweep: List[str] = opt([], "stages run as a sweep (the recipe's sweep: section, align/sweep) instead of once: "

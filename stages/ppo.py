@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from align.config import ALL_OR_POSITIVE, POSITIVE, SHARE, TrainOptions, opt
+from align.config import ALL_OR_POSITIVE, LR_SCHEDULERS, POSITIVE, SHARE, TrainOptions, opt
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 # One process only for now: every process would sample the same prompts and write the same checkpoints.
@@ -51,8 +51,8 @@ class Options(TrainOptions):
     reward_clip: float = opt(0.0, "clip the (normalised) score to [-c, c]; 0 = off", min=0.0)
     whiten_rewards: bool = opt(False, "whiten the per-token rewards of each rollout (N-details option)")
     missing_eos_score: Optional[float] = opt(-1.0, "score of a reply that never ends (N-details); null = off")
-    length_penalty: float = opt(0.0, "subtract this times the reply's token count from its score")
-    toxicity_penalty: float = opt(0.0, "subtract this times P(toxic) from the gates' scorer; 0 = off")
+    length_penalty: float = opt(0.0, "subtract this times the reply's token count from its score", min=0.0)
+    toxicity_penalty: float = opt(0.0, "subtract this times P(toxic) from the gates' scorer; 0 = off", min=0.0)
     toxicity_model: str = opt("offline", "toxicity scorer for the penalty (see `align.run toxicity-model`)")
     # KL to the reference.
     kl_coef: float = opt(0.05, "initial KL coefficient beta", min=0.0)
@@ -74,7 +74,8 @@ class Options(TrainOptions):
     vf_coef: float = opt(0.1, "value loss weight", min=0.0)
     adam_eps: float = opt(1e-5, "Adam epsilon (N-details)", above=0)
     lr: float = opt(1e-5, "peak learning rate", above=0)
-    lr_scheduler: str = opt("linear", "learning-rate schedule (linear decay to 0, as N-details)")
+    lr_scheduler: str = opt("linear", "learning-rate schedule (linear decay to 0, as N-details)",
+                            choices=LR_SCHEDULERS)
     warmup_ratio: float = opt(0.0, "share of updates spent warming up", **SHARE)
     eval_temperature: float = opt(1.0, "sampling temperature of the comparison with the parent (DPO uses the same)",
                                     above=0)

@@ -38,10 +38,10 @@ class Options(PreferenceTrainOptions):
                               "MiniLM encoder, ~10x cheaper per token on CPU, like OpenAssistant's DeBERTa RMs); "
                               "a tokenizer without a chat template gets align's role-tagged `encoder` one")
     max_length: int = opt(512, "tokens per prompt + reply; longer pairs are left out of training (TRL's rule; the "
-                               "manifest counts the pairs kept), held-out pairs are cut at the end when scored")
+                               "manifest counts the pairs kept), held-out pairs are cut at the end when scored", min=8)
     eval_before: bool = opt(False, "also score the held-out pairs with the untrained head (a chance baseline; "
                                    "costs one more pass over them)")
-    center_rewards_coefficient: float = opt(0.0, "pull rewards towards mean zero (0 = off; 0.01 is typical)")
+    center_rewards_coefficient: float = opt(0.0, "pull rewards towards mean zero (0 = off; 0.01 is typical)", min=0.0)
     length_balance: bool = opt(False, "train on pairs subsampled (seeded) so that those whose chosen reply is the "
                                       "shorter and those whose chosen reply is the longer are equally many")
     length_regression: bool = opt(False, "after training, fit reward ~ a + b * length (characters) on the "

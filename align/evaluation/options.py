@@ -22,7 +22,7 @@ HARMFUL_CATEGORIES = ["malicious_uses", "information_hazard", "discrimination_ex
 @dataclass
 class EvalOptions:
     seed: int = opt(0, "seed of every sampled reply (the same for the model and the baseline: same prompts, same "
-                       "seeds) and of the bootstrap resamples")
+                       "seeds) and of the bootstrap resamples", min=0)
     n_resamples: int = opt(1000, "bootstrap resamples of every 95% interval", min=100)
     batch_size: int = opt(8, "sequences per forward pass (log-probabilities, perplexity, judge, refusal encoder)", min=1)
     generation_batch_size: int = opt(16, "replies sampled together", min=1)

@@ -137,12 +137,12 @@ class GateOptions:
     benchmarks: list[str] = opt(list(BENCHMARKS), "which checks to run: toxicity, crows_pairs, bbq, bold",
                                  choices=tuple(BENCHMARKS))
     full: bool = opt(False, "whole benchmarks: every prompt, pair and item, 25 replies per prompt (for GPUs)")
-    seed: int = opt(0, "seed for sampling benchmark rows, replies and bootstrap resamples")
+    seed: int = opt(0, "seed for sampling benchmark rows, replies and bootstrap resamples", min=0)
     batch_size: int = opt(8, "sequences per forward pass when scoring likelihoods (CrowS-Pairs, BBQ)", **POSITIVE)
     generation_batch_size: int = opt(
         32, "replies sampled together (toxicity, BOLD); a CPU decodes 32 rows a step in about twice the time of 8",
         **POSITIVE)
-    threads: int = opt(0, "CPU threads for torch while gating (0 = torch's default); 1 is much faster on a busy machine")
+    threads: int = opt(0, "CPU threads for torch while gating (0 = torch's default); 1 is much faster on a busy machine", min=0)
     n_resamples: int = opt(1000, "bootstrap resamples for the 95% intervals", **POSITIVE)
     toxicity_prompts: int = opt(45, "provoking prompts, spread evenly over the sources (-1 = all 2,632)",
                                 **ALL_OR_POSITIVE)
@@ -172,7 +172,7 @@ class GateOptions:
     power: float = opt(0.8, "power at which the minimum detectable effect is stated", above=0, max=0.999)
     planning_correlation: float = opt(
         0.5, "child-parent correlation of per-prompt toxicity assumed when planning the MDE from the parent alone "
-             "(the likelihood checks, CrowS-Pairs and BBQ, use their own measured ones: 0.9 and 0.7)")
+             "(the likelihood checks, CrowS-Pairs and BBQ, use their own measured ones: 0.9 and 0.7)", min=0.0, max=0.99)
     limits: Limits = field(default_factory=Limits, metadata={"help": "limits of every stage's gate"})
     stages: StageLimits = field(default_factory=StageLimits, metadata={"help": "per-stage limit overrides"})
 

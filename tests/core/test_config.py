@@ -95,6 +95,63 @@ def test_every_shared_training_size_ratio_and_rate_is_range_checked():
     assert "check" in {f.name: f for f in dataclasses.fields(ModelOptions)}["dtype"].metadata
 
 
+#: numbers that may take any value: a gate limit is the user's threshold, a missing-EOS score may be any reward
+ANY_NUMBER = {"gate.limits.", "ppo.missing_eos_score"}
+
+
+def numbers_without_checks(options, prefix=""):
+    """Keys of int/float options (nested sections included) that declare no accepted range."""
+    import dataclasses
+    import typing
+
+    for f in dataclasses.fields(options):
+        key = prefix + f.name
+        default = f.default if f.default is not dataclasses.MISSING else \
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            yield from numbers_without_checks(type(default), key + ".")
+            continue
+        kinds = {f.type} if isinstance(f.type, str) else set(typing.get_args(f.type)) | {f.type}
+        numeric = kinds & {int, float, "int", "float", "Optional[int]", "Optional[float]", "int | None",
+                           "float | None"}
+        if numeric and "check" not in f.metadata and not any(key.startswith(k) for k in ANY_NUMBER):
+            yield key
+
+
+def test_every_number_in_every_section_of_the_recipe_is_range_checked():
+    """Across the whole recipe (every stage, gate, eval, pipeline, candidates, curate, sweep): a number without a
+    declared range is a `batch_size=0` traceback waiting to happen."""
+    import dataclasses
+    from typing import Optional
+
+    from align.config import opt, recipe_schema
+
+    @dataclasses.dataclass
+    class Probe:  # the walk itself finds what it should
+        size: int = opt(1, "unchecked")
+        share: Optional[float] = opt(None, "unchecked")
+        checked: int = opt(1, "checked", min=1)
+        name: str = opt("x", "not a number")
+
+    assert list(numbers_without_checks(Probe)) == ["size", "share"]
+    assert list(numbers_without_checks(recipe_schema())) == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rm.max_length=0", "command line: rm.max_length=0 must be at least 8"),
+    ("ppo.length_penalty=-1", "command line: ppo.length_penalty=-1.0 must be at least 0"),
+    ("ppo.lr_scheduler=cosin", "command line: ppo.lr_scheduler='cosin' is not one of"),
+    ("candidates.n=1", "command line: candidates.n=1 must be at least 2"),
+    ("candidates.top_p=1.5", "command line: candidates.top_p=1.5 must be at most 1"),
+    ("gate.planning_correlation=1", "command line: gate.planning_correlation=1.0 must be at most 0.99"),
+    ("model.attn_implementation=kernels-community/flash-attn", "command line: model.attn_implementation="),
+])
+def test_stage_and_command_options_outside_training_are_range_checked_too(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_recipe("tiny", [override], command="sft")
+    assert str(error.value).startswith(message)
+
+
 @pytest.mark.parametrize("override, message", [
     ("batch_size=0", "command line: sft.batch_size=0 must be at least 1"),
     ("lr=0", "command line: sft.lr=0.0 must be greater than 0"),
