@@ -82,8 +82,9 @@ def catalog() -> dict[str, dict]:
 
 
 def _read_file(path: Path) -> tuple[list, list[int]]:
-    """The rows of a file and each one's row number: its line in a JSONL file (blank lines counted, so every
-    error names the line an editor shows), its position elsewhere."""
+    """The rows of a file and each one's row number: its line in a JSONL or CSV file (blank lines counted, so every
+    error names the line an editor shows; a CSV record spanning lines by the line it starts on), its position in a
+    JSON list or Parquet table."""
     rows, numbers = _read_rows(path)
     return rows, numbers if numbers is not None else list(range(1, len(rows) + 1))
 
@@ -125,14 +126,41 @@ def _read_rows(path: Path) -> tuple[list, list[int] | None]:
         if name.endswith(".csv"):
             import pandas as pd
 
+            numbers = _csv_line_numbers(path)
             frame = pd.read_csv(path)
-            return [{k: _maybe_json(v) for k, v in row.items()} for row in frame.to_dict(orient="records")], None
+            rows = [{k: _maybe_json(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+            return rows, numbers if len(numbers) == len(rows) else None
     except (OSError, ValueError, EOFError) as exc:  # EOFError: a truncated .gz
         if isinstance(exc, DataError):
             raise
         what = "cut off (truncated)" if isinstance(exc, EOFError) else "cannot read"
         raise DataError(path, None, None, f"{what}: {exc}".splitlines()[0]) from None
     raise DataError(path, None, None, "unknown file type: use .jsonl, .jsonl.gz, .json, .parquet or .csv")
+
+
+def _csv_line_numbers(path: Path) -> list[int]:
+    """The file line each CSV record starts on: blank lines skipped (as pandas does), a quoted field that spans
+    lines counted whole, the header not a record. Raises DataError at the first line that is not UTF-8."""
+    import csv
+
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(path, number, None, "not UTF-8 text") from None
+    numbers, previous, header = [], 0, True
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        for record in reader:
+            start, previous = previous + 1, reader.line_num
+            if not record:
+                continue
+            if header:
+                header = False
+                continue
+            numbers.append(start)
+    return numbers
 
 
 def _maybe_json(value):

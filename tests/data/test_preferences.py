@@ -104,6 +104,21 @@ def test_held_out_rows_keep_their_file_row_numbers(tmp_path):
     assert len(test.rows) == 1 and test.dropped == ["row 20, field 'rejected': chosen and rejected are identical"]
 
 
+def test_a_bad_csv_row_is_named_by_the_file_line_it_starts_on(tmp_path):
+    """Blank lines and a quoted reply spanning three lines move the row numbers: errors still name editor lines."""
+    path = tmp_path / "pairs.csv"
+    path.write_text('prompt,chosen,rejected\n'
+                    'Name a colour.,"Blue,\nor green,\nor red.",No.\n'   # lines 2-4
+                    '\n'                                                   # line 5, blank
+                    'Say hi.,Hi!,Hi!\n', encoding="utf-8")                 # line 6: chosen == rejected
+    with pytest.raises(DataError) as error:
+        load_preferences(str(path), "train", on_bad="refuse")
+    assert str(error.value).startswith(f"{path}, row 6, field 'rejected'")
+    path.write_bytes(b"prompt,chosen,rejected\nA,B,C\nD,\xff,F\n")
+    with pytest.raises(DataError, match=r"row 3: not UTF-8 text"):
+        load_preferences(str(path), "train", on_bad="refuse")
+
+
 def test_shipped_preference_sets_load_clean():
     for name in ("hh-harmless", "oasst-ranked", "llamafactory-dpo-en-demo"):
         rows = load_preferences(name, "test", limit=50, on_bad="refuse")
