@@ -29,6 +29,7 @@ import html
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -38,18 +39,10 @@ from align.data.labels import FLAG_NAMES, RankingError, tiers_from_ranks
 from align.data.store import DEFAULT_HOLD_SECONDS, LabelStore, open_store
 from align.ui import access
 from align.ui.access import GuardedLogin, TLSFiles
-from align.ui.label_cli import DEFAULT_PORT
+from align.ui.common import CSS, conversation_html, require_name, text_html
 
 LETTERS = "ABCDEFGH"
 MAX_REPLIES = len(LETTERS)
-
-CSS = """
-.align-turn { margin: 0 0 .6em 0; }
-.align-role { font-weight: 600; text-transform: capitalize; margin-right: .4em; }
-.align-text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: inherit; }
-.align-reply { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: .6em .8em; }
-.align-picked { outline: 3px solid var(--color-accent); border-radius: 10px; }
-"""
 
 # Keyboard shortcuts. Radio inputs are clicked like a mouse would, so Gradio sees normal events.
 SHORTCUTS_JS = """
@@ -86,18 +79,6 @@ SHORTCUTS_JS = """
 
 
 # ------------------------------------------------------------------------------------------- text
-def text_html(text: str) -> str:
-    """Untrusted text as inert HTML: escaped, whitespace kept."""
-    return f'<div class="align-text">{html.escape(str(text), quote=True)}</div>'
-
-
-def conversation_html(messages: list[dict]) -> str:
-    """The conversation so far, every message escaped."""
-    turns = [f'<div class="align-turn"><span class="align-role">{html.escape(m["role"])}</span>'
-             f'{text_html(m["content"])}</div>' for m in messages]
-    return "\n".join(turns)
-
-
 def reply_order(item_id: int, annotator: str, reply_ids: list[int], seed: int) -> list[int]:
     """The order one annotator sees an item's replies in: random, but the same on every reload."""
     order = list(reply_ids)
@@ -106,6 +87,196 @@ def reply_order(item_id: int, annotator: str, reply_ids: list[int], seed: int) -
 
 
 # -------------------------------------------------------------------------------------------- app
+def _who(request: gr.Request | None) -> str:
+    return require_name(request, "Not logged in.")
+
+
+def _admin_only(store: LabelStore, request: gr.Request | None) -> str:
+    name = _who(request)
+    if store.role(name) != "admin":
+        raise gr.Error("Admins only.")
+    return name
+
+
+@dataclass
+class LabelTab:
+    """The components of the Label tab: one slot (group, reply, rank, flags) per possible reply."""
+
+    header: gr.Markdown
+    conversation: gr.HTML
+    slots: list[tuple]
+    all_unacceptable: gr.Checkbox
+    submit: gr.Button
+    status: gr.Markdown
+
+
+def _label_tab() -> LabelTab:
+    header = gr.Markdown(elem_id="header")
+    gr.Markdown("Rank each reply: **1 = best**; give equal numbers for ties. Keys: "
+                "`a`–`h` pick a reply, `1`–`9` rank it, `u` all unacceptable, `Enter` submit.")
+    gr.Markdown("**Conversation so far**")
+    conversation = gr.HTML(elem_id="conversation", elem_classes=["align-reply"])
+    slots = []
+    for letter in LETTERS:
+        with gr.Group(visible=False, elem_classes=["align-slot"], elem_id=f"slot-{letter}") as group:
+            gr.Markdown(f"#### Reply {letter}", padding=True)
+            reply = gr.HTML(elem_id=f"reply-{letter}", elem_classes=["align-reply"])
+            with gr.Row():
+                rank = gr.Radio(choices=[], label=f"Rank of reply {letter}", elem_id=f"rank-{letter}", scale=2)
+                flags = gr.CheckboxGroup(list(FLAG_NAMES), label=f"Flag reply {letter}", elem_id=f"flags-{letter}",
+                                         scale=2)
+        slots.append((group, reply, rank, flags))
+    all_unacceptable = gr.Checkbox(label="All replies are unacceptable", elem_id="all-unacceptable")
+    submit = gr.Button("Submit", variant="primary", elem_id="submit")
+    status = gr.Markdown(elem_id="status")
+    return LabelTab(header, conversation, slots, all_unacceptable, submit, status)
+
+
+def _wire_labeling(app: gr.Blocks, store: LabelStore, tab: LabelTab, admin_tab: gr.Tab, k_order_seed: int) -> None:
+    """Serve the next item on load and after each submit; check and store a submitted label."""
+    item_state = gr.State(None)  # the item id on screen
+    order_state = gr.State([])  # reply ids in display order
+    slot_components = [c for slot in tab.slots for c in slot]
+    screen = [tab.header, tab.conversation, tab.all_unacceptable, tab.status, item_state, order_state, admin_tab,
+              *slot_components]
+
+    def show_next(request: gr.Request, message: str = ""):
+        name = _who(request)
+        item = store.next_item(name)
+        done = sum(1 for label in store.labels() if label.annotator == name)
+        is_admin = store.role(name) == "admin"
+        head = f"Signed in as **{html.escape(name)}** · {done} labeled"
+        if item is None:
+            empty = [gr.update(visible=False), gr.update(value=""), gr.update(value=None, choices=[]),
+                     gr.update(value=[])] * MAX_REPLIES
+            return [head, "<p>Nothing left to label. Thank you!</p>", gr.update(value=False, visible=False),
+                    message, None, [], gr.update(visible=is_admin), *empty]
+        order = reply_order(item.id, name, [r.id for r in item.replies], k_order_seed)
+        text = {r.id: r.text for r in item.replies}
+        choices = [str(i) for i in range(1, len(order) + 1)]
+        updates = []
+        for position in range(MAX_REPLIES):
+            if position < len(order):
+                updates += [gr.update(visible=True), gr.update(value=text_html(text[order[position]])),
+                            gr.update(choices=choices, value=None), gr.update(value=[])]
+            else:
+                updates += [gr.update(visible=False), gr.update(value=""), gr.update(choices=[], value=None),
+                            gr.update(value=[])]
+        return [f"{head} · item {item.id}", conversation_html(item.prompt), gr.update(value=False, visible=True),
+                message, item.id, order, gr.update(visible=is_admin), *updates]
+
+    def unchanged_but(message: str) -> list:
+        return [gr.update()] * 3 + [message] + [gr.update()] * (len(screen) - 4)
+
+    def submit_from_page(values: dict, request: gr.Request):
+        """The Submit button: `values` maps each input component to its value."""
+        name = _who(request)
+        item_id, order, unacceptable = values[item_state], values[order_state] or [], values[tab.all_unacceptable]
+        if item_id is None:
+            return show_next(request)
+        ranks, flags = {}, {}
+        for (_, _, rank_box, flags_box), reply_id in zip(tab.slots, order):
+            if values[rank_box]:
+                ranks[reply_id] = int(values[rank_box])
+            if values[flags_box]:
+                flags[reply_id] = list(values[flags_box])
+        if not unacceptable and len(ranks) < len(order):
+            missing = ", ".join(LETTERS[i] for i, r in enumerate(order) if r not in ranks)
+            return unchanged_but(f"⚠️ Give every reply a rank (missing: {missing}), or tick *all unacceptable*.")
+        ranking = tiers_from_ranks(ranks) if len(ranks) == len(order) else []
+        try:
+            store.submit(item_id, name, ranking, all_unacceptable=bool(unacceptable), flags=flags)
+        except (RankingError, AlignError) as error:
+            return unchanged_but(f"⚠️ {error}")
+        return show_next(request, f"✅ Saved item {item_id}.")
+
+    page_inputs = [item_state, order_state, tab.all_unacceptable]
+    for _, _, rank, flags in tab.slots:
+        page_inputs += [rank, flags]
+    app.load(show_next, None, screen, api_visibility="private")
+    tab.submit.click(submit_from_page, set(page_inputs), screen, api_visibility="private")
+
+
+def _admin_section(store: LabelStore) -> gr.Tab:
+    """The Admin tab (shown to admins only): progress, agreement, flagged replies, the export."""
+    with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
+        refresh_button = gr.Button("Refresh", elem_id="admin-refresh")
+        summary = gr.Markdown(elem_id="admin-summary")
+        per_annotator = gr.Dataframe(headers=["annotator", "role", "labels", "all unacceptable", "last label (UTC)"],
+                                     label="Progress per annotator", interactive=False, elem_id="admin-progress")
+        agreement_md = gr.Markdown(elem_id="admin-agreement")
+        flagged = gr.Dataframe(headers=["item", "reply", "flag", "count", "annotators", "text"],
+                               label="Flagged replies", interactive=False, elem_id="admin-flags",
+                               datatype=["number", "number", "str", "number", "str", "str"])
+        export_button = gr.Button("Export preferences (JSONL)", elem_id="admin-export")
+        export_file = gr.File(label="Export", elem_id="admin-export-file", interactive=False)
+
+    def admin_view(request: gr.Request):
+        _admin_only(store, request)
+        progress, figures = store.progress(), store.agreement()
+        summary_md = (f"**{progress['items_complete']} of {progress['items']} items complete** "
+                      f"({progress['annotators_per_item']} annotator(s) per item) · {progress['items_started']} "
+                      f"started · {progress['labels']} of {progress['labels_needed']} labels · "
+                      f"{len(store.active_holds())} held now")
+        rows = [[p["annotator"], p["role"], p["labels"], p["all_unacceptable"],
+                 time.strftime("%Y-%m-%d %H:%M", time.gmtime(p["last_label_at"])) if p["last_label_at"] else ""]
+                for p in progress["per_annotator"]]
+        if figures["items"]:
+            tau = "n/a" if figures["kendall_tau"] is None else f"{figures['kendall_tau']:.3f}"
+            people = ", ".join(f"{html.escape(n)} {a:.0%}" for n, a in figures["per_annotator"].items())
+            agreement_text = (f"**Agreement** on {figures['items']} items labeled by several: pairwise "
+                              f"{figures['pairwise_agreement']:.1%} of {figures['comparisons']} comparisons · "
+                              f"Kendall's tau (mean of {figures['tau_pairs']}) {tau} · per annotator: {people}")
+        else:
+            agreement_text = "**Agreement**: no item has two ranked labels yet."
+        flag_rows = [[f["item_id"], f["reply_id"], f["flag"], f["count"], ", ".join(f["annotators"]),
+                      f["reply"][:300]] for f in store.flagged_replies()]
+        return summary_md, rows, agreement_text, flag_rows
+
+    def export_jsonl(request: gr.Request):
+        _admin_only(store, request)
+        path = Path(tempfile.mkdtemp(prefix="align-export-")) / "preferences.jsonl"
+        store.write_preferences_jsonl(path)
+        return str(path)
+
+    admin_outputs = [summary, per_annotator, agreement_md, flagged]
+    refresh_button.click(admin_view, None, admin_outputs, api_visibility="private")
+    admin_tab.select(admin_view, None, admin_outputs, api_visibility="private")
+    export_button.click(export_jsonl, None, export_file, api_visibility="private")
+    return admin_tab
+
+
+def _register_api(store: LabelStore) -> None:
+    """The endpoints gradio_client calls: /next_item, /submit, /export (admins)."""
+
+    def next_item(request: gr.Request) -> dict:
+        """The caller's next item (held for them): {"item_id", "prompt", "replies": [{"id", "text"}]}."""
+        item = store.next_item(_who(request))
+        if item is None:
+            return {"item_id": None}
+        return {"item_id": item.id, "prompt": item.prompt,
+                "replies": [{"id": r.id, "text": r.text} for r in item.replies]}
+
+    def submit(item_id: int, ranking: list, all_unacceptable: bool = False, flags: dict | None = None,
+               request: gr.Request = None) -> dict:
+        """Store the caller's label: ranking = tiers of reply ids, best first; flags = {reply id: [names]}."""
+        try:
+            label_id = store.submit(int(item_id), _who(request), ranking, all_unacceptable=bool(all_unacceptable),
+                                    flags={int(k): v for k, v in (flags or {}).items()})
+        except (RankingError, AlignError) as error:
+            raise gr.Error(str(error)) from error
+        return {"label_id": label_id}
+
+    def export(request: gr.Request) -> list:
+        """The consensus preference rows (admins only)."""
+        _admin_only(store, request)
+        return store.export_preferences()
+
+    gr.api(next_item, api_name="next_item", concurrency_limit=None)
+    gr.api(submit, api_name="submit", concurrency_limit=None)
+    gr.api(export, api_name="export")
+
+
 def build_app(store: LabelStore, *, k_order_seed: int = 0, hold_seconds: float | None = None,
               title: str = "align · labeling") -> gr.Blocks:
     """The labeling app over `store`. Launch it with `launch` (it needs the login from there).
@@ -115,181 +286,18 @@ def build_app(store: LabelStore, *, k_order_seed: int = 0, hold_seconds: float |
     """
     if hold_seconds is not None:
         store.hold_seconds = hold_seconds
-
-    def who(request: gr.Request | None) -> str:
-        name = getattr(request, "username", None)
-        if not name:
-            raise gr.Error("Not logged in.")
-        return name
-
-    def require_admin(request: gr.Request | None) -> str:
-        name = who(request)
-        if store.role(name) != "admin":
-            raise gr.Error("Admins only.")
-        return name
-
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        item_state = gr.State(None)  # the item id on screen
-        order_state = gr.State([])  # reply ids in display order
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
-                header = gr.Markdown(elem_id="header")
-                gr.Markdown("Rank each reply: **1 = best**; give equal numbers for ties. Keys: "
-                            "`a`–`h` pick a reply, `1`–`9` rank it, `u` all unacceptable, `Enter` submit.")
-                gr.Markdown("**Conversation so far**")
-                conversation = gr.HTML(elem_id="conversation", elem_classes=["align-reply"])
-                slots = []
-                for letter in LETTERS:
-                    with gr.Group(visible=False, elem_classes=["align-slot"], elem_id=f"slot-{letter}") as group:
-                        gr.Markdown(f"#### Reply {letter}", padding=True)
-                        reply = gr.HTML(elem_id=f"reply-{letter}", elem_classes=["align-reply"])
-                        with gr.Row():
-                            rank = gr.Radio(choices=[], label=f"Rank of reply {letter}", elem_id=f"rank-{letter}",
-                                            scale=2)
-                            flags = gr.CheckboxGroup(list(FLAG_NAMES), label=f"Flag reply {letter}",
-                                                     elem_id=f"flags-{letter}", scale=2)
-                    slots.append((group, reply, rank, flags))
-                all_unacceptable = gr.Checkbox(label="All replies are unacceptable", elem_id="all-unacceptable")
-                submit_button = gr.Button("Submit", variant="primary", elem_id="submit")
-                status = gr.Markdown(elem_id="status")
-            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
-                refresh_button = gr.Button("Refresh", elem_id="admin-refresh")
-                summary = gr.Markdown(elem_id="admin-summary")
-                per_annotator = gr.Dataframe(headers=["annotator", "role", "labels", "all unacceptable",
-                                                      "last label (UTC)"], label="Progress per annotator",
-                                             interactive=False, elem_id="admin-progress")
-                agreement_md = gr.Markdown(elem_id="admin-agreement")
-                flagged = gr.Dataframe(headers=["item", "reply", "flag", "count", "annotators", "text"],
-                                       label="Flagged replies", interactive=False, elem_id="admin-flags",
-                                       datatype=["number", "number", "str", "number", "str", "str"])
-                export_button = gr.Button("Export preferences (JSONL)", elem_id="admin-export")
-                export_file = gr.File(label="Export", elem_id="admin-export-file", interactive=False)
-
-        slot_components = [c for slot in slots for c in slot]
-        screen = [header, conversation, all_unacceptable, status, item_state, order_state, admin_tab,
-                  *slot_components]
-
-        def show_next(request: gr.Request, message: str = ""):
-            name = who(request)
-            item = store.next_item(name)
-            done = sum(1 for label in store.labels() if label.annotator == name)
-            is_admin = store.role(name) == "admin"
-            head = f"Signed in as **{html.escape(name)}** · {done} labeled"
-            if item is None:
-                empty = [gr.update(visible=False), gr.update(value=""), gr.update(value=None, choices=[]),
-                         gr.update(value=[])] * MAX_REPLIES
-                return [head, "<p>Nothing left to label. Thank you!</p>", gr.update(value=False, visible=False),
-                        message, None, [], gr.update(visible=is_admin), *empty]
-            order = reply_order(item.id, name, [r.id for r in item.replies], k_order_seed)
-            text = {r.id: r.text for r in item.replies}
-            choices = [str(i) for i in range(1, len(order) + 1)]
-            updates = []
-            for position in range(MAX_REPLIES):
-                if position < len(order):
-                    updates += [gr.update(visible=True), gr.update(value=text_html(text[order[position]])),
-                                gr.update(choices=choices, value=None), gr.update(value=[])]
-                else:
-                    updates += [gr.update(visible=False), gr.update(value=""), gr.update(choices=[], value=None),
-                                gr.update(value=[])]
-            return [f"{head} · item {item.id}", conversation_html(item.prompt), gr.update(value=False, visible=True),
-                    message, item.id, order, gr.update(visible=is_admin), *updates]
-
-        def submit_from_page(values: dict, request: gr.Request):
-            """The Submit button: `values` maps each input component to its value."""
-            name = who(request)
-            item_id, order, unacceptable = values[item_state], values[order_state] or [], values[all_unacceptable]
-            if item_id is None:
-                return show_next(request)
-            ranks, flags = {}, {}
-            for (_, _, rank_box, flags_box), reply_id in zip(slots, order):
-                if values[rank_box]:
-                    ranks[reply_id] = int(values[rank_box])
-                if values[flags_box]:
-                    flags[reply_id] = list(values[flags_box])
-            if not unacceptable and len(ranks) < len(order):
-                missing = ", ".join(LETTERS[i] for i, r in enumerate(order) if r not in ranks)
-                return [gr.update()] * 3 + [f"⚠️ Give every reply a rank (missing: {missing}), "
-                                            "or tick *all unacceptable*."] + [gr.update()] * (len(screen) - 4)
-            ranking = tiers_from_ranks(ranks) if len(ranks) == len(order) else []
-            try:
-                store.submit(item_id, name, ranking, all_unacceptable=bool(unacceptable), flags=flags)
-            except (RankingError, AlignError) as error:
-                return [gr.update()] * 3 + [f"⚠️ {error}"] + [gr.update()] * (len(screen) - 4)
-            return show_next(request, f"✅ Saved item {item_id}.")
-
-        page_inputs = [item_state, order_state, all_unacceptable]
-        for _, _, rank, flags in slots:
-            page_inputs += [rank, flags]
-
-        app.load(show_next, None, screen, api_visibility="private")
-        submit_button.click(submit_from_page, set(page_inputs), screen, api_visibility="private")
-
-        # ----------------------------------------------------------------------------- admin
-        def admin_view(request: gr.Request):
-            require_admin(request)
-            progress, figures = store.progress(), store.agreement()
-            summary_md = (f"**{progress['items_complete']} of {progress['items']} items complete** "
-                          f"({progress['annotators_per_item']} annotator(s) per item) · {progress['items_started']} "
-                          f"started · {progress['labels']} of {progress['labels_needed']} labels · "
-                          f"{len(store.active_holds())} held now")
-            rows = [[p["annotator"], p["role"], p["labels"], p["all_unacceptable"],
-                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(p["last_label_at"])) if p["last_label_at"] else ""]
-                    for p in progress["per_annotator"]]
-            if figures["items"]:
-                tau = "n/a" if figures["kendall_tau"] is None else f"{figures['kendall_tau']:.3f}"
-                people = ", ".join(f"{html.escape(n)} {a:.0%}" for n, a in figures["per_annotator"].items())
-                agreement_text = (f"**Agreement** on {figures['items']} items labeled by several: pairwise "
-                                  f"{figures['pairwise_agreement']:.1%} of {figures['comparisons']} comparisons · "
-                                  f"Kendall's tau (mean of {figures['tau_pairs']}) {tau} · per annotator: {people}")
-            else:
-                agreement_text = "**Agreement**: no item has two ranked labels yet."
-            flag_rows = [[f["item_id"], f["reply_id"], f["flag"], f["count"], ", ".join(f["annotators"]),
-                          f["reply"][:300]] for f in store.flagged_replies()]
-            return summary_md, rows, agreement_text, flag_rows
-
-        def export_jsonl(request: gr.Request):
-            require_admin(request)
-            path = Path(tempfile.mkdtemp(prefix="align-export-")) / "preferences.jsonl"
-            store.write_preferences_jsonl(path)
-            return str(path)
-
-        admin_outputs = [summary, per_annotator, agreement_md, flagged]
-        refresh_button.click(admin_view, None, admin_outputs, api_visibility="private")
-        admin_tab.select(admin_view, None, admin_outputs, api_visibility="private")
-        export_button.click(export_jsonl, None, export_file, api_visibility="private")
-
-        # ------------------------------------------------------------------------------- API
-        def next_item(request: gr.Request) -> dict:
-            """The caller's next item (held for them): {"item_id", "prompt", "replies": [{"id", "text"}]}."""
-            item = store.next_item(who(request))
-            if item is None:
-                return {"item_id": None}
-            return {"item_id": item.id, "prompt": item.prompt,
-                    "replies": [{"id": r.id, "text": r.text} for r in item.replies]}
-
-        def submit(item_id: int, ranking: list, all_unacceptable: bool = False, flags: dict | None = None,
-                   request: gr.Request = None) -> dict:
-            """Store the caller's label: ranking = tiers of reply ids, best first; flags = {reply id: [names]}."""
-            try:
-                label_id = store.submit(int(item_id), who(request), ranking, all_unacceptable=bool(all_unacceptable),
-                                        flags={int(k): v for k, v in (flags or {}).items()})
-            except (RankingError, AlignError) as error:
-                raise gr.Error(str(error)) from error
-            return {"label_id": label_id}
-
-        def export(request: gr.Request) -> list:
-            """The consensus preference rows (admins only)."""
-            require_admin(request)
-            return store.export_preferences()
-
-        gr.api(next_item, api_name="next_item", concurrency_limit=None)
-        gr.api(submit, api_name="submit", concurrency_limit=None)
-        gr.api(export, api_name="export")
+                tab = _label_tab()
+            admin_tab = _admin_section(store)
+        _wire_labeling(app, store, tab, admin_tab, k_order_seed)
+        _register_api(store)
     return app
 
 
 # ----------------------------------------------------------------------------------------- server
-def launch(app: gr.Blocks, store: LabelStore, *, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT,
+def launch(app: gr.Blocks, store: LabelStore, *, host: str = "127.0.0.1", port: int | None = None,
            tls: TLSFiles | None = None, login: GuardedLogin | None = None, block: bool = False,
            quiet: bool = True) -> str:
     """Start `app` with the store's login (throttled: `ui.access`) on host:port, HTTPS with `tls`;
@@ -300,7 +308,7 @@ def launch(app: gr.Blocks, store: LabelStore, *, host: str = "127.0.0.1", port: 
                          quiet=quiet, css=CSS, head=SHORTCUTS_JS)
 
 
-def serve(store_url: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, annotators_per_item: int = 1,
+def serve(store_url: str, host: str = "127.0.0.1", port: int | None = None, *, annotators_per_item: int = 1,
           hold_seconds: float = DEFAULT_HOLD_SECONDS, k_order_seed: int = 0, tls: TLSFiles | None = None,
           block: bool = True) -> gr.Blocks:
     """Open the store, drop stale holds, and serve the labeling app (blocks until stopped by default)."""
