@@ -65,6 +65,47 @@ def _load_cached(folder: str, device: str) -> RewardModel:
     return RewardModel(model=model, tokenizer=tokenizer, source=folder, length_coef=read_length_term(folder))
 
 
+# ------------------------------------------------------------------------------------------ finding one
+
+
+def find_reward_model(explicit: str | Path | None, *, run_dir: Path | None = None,
+                      parent_run_dir: Path | None = None, runs_dir: Path | None = None, key: str = "reward_model",
+                      say=None) -> Path | None:
+    """The reward model a stage judges or trains with, by one rule (the same for dpo and ppo):
+
+    1. an explicit recipe value (`dpo.reward_model`, `ppo.reward`) wins; it must be a folder (ConfigError naming
+       `key` otherwise); `none` / `""` means no reward model (returns None);
+    2. else the promoted `rm` stage of the current run (`run_dir / "rm"`);
+    3. else the promoted `rm` of the parent's run (`parent_run_dir / "rm"`, when the parent comes from another run);
+    4. else, only when `runs_dir` is given (ppo, which cannot run without one), the latest promoted rm anywhere
+       under it, and that choice is always said (`say`), never silent;
+    otherwise None (the caller decides: dpo skips the win rate, ppo raises).
+    `explicit="auto"` is the same as no explicit value.
+    """
+    from align.errors import ConfigError
+    from align.runs import PROMOTABLE, latest_promoted, read_manifest
+
+    if explicit is not None and str(explicit) != "auto":
+        if str(explicit) in ("", "none"):
+            return None
+        path = Path(explicit)
+        if not path.is_dir():
+            raise ConfigError(f"{key}={path}: not a folder (give an rm stage folder, e.g. runs/<run>/rm)")
+        return path
+    for folder in (run_dir, parent_run_dir):
+        if folder is not None:
+            candidate = Path(folder) / "rm"
+            if (read_manifest(candidate) or {}).get("status") in PROMOTABLE:
+                return candidate
+    if runs_dir is not None:
+        found = latest_promoted(Path(runs_dir), "rm")
+        if found is not None and say is not None:
+            say(f"no rm in this run or the parent's: using the latest promoted rm under {runs_dir}: {found} "
+                f"(set {key}=<folder> to choose)")
+        return found
+    return None
+
+
 # ------------------------------------------------------------------------------------------ length term
 
 

@@ -9,15 +9,18 @@ be precomputed once before training (`precompute_ref_log_probs`), which saves a 
 After training the child is compared with its parent on held-out data (definitions in align/compare.py):
 preference accuracy (the likelihood form for both, DPO's implicit reward for the child), KL to the parent on the
 child's own samples, mean reply length, and the win rate over the parent's replies judged by a reward model
-(`reward_model`: a folder; by default the promoted rm of the same run, skipped with a note when there is none).
+(`reward_model`: a folder; by default align.reward.find_reward_model's rule: the promoted rm of the same run, else
+of the parent's run, skipped with a note when there is none).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from align.config import POSITIVE, SHARE, opt
 from align.data.preferences import PreferenceTrainOptions
+from align.log import log
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -34,7 +37,7 @@ class Options(PreferenceTrainOptions):
                                 **SHARE)
     precompute_ref_log_probs: bool = opt(False, "compute the parent's log-probs once before training (faster steps)")
     reward_model: str = opt("auto", "reward model judging the win rate vs the parent: a folder, `auto` (the "
-                                    "promoted rm of the same run, if any) or `none`")
+                                    "promoted rm of the same run, else of the parent's run, if any) or `none`")
     eval_prompts: int = opt(32, "held-out prompts both the child and the parent answer (win rate, KL, length)",
                             min=0)
     eval_max_new_tokens: int = opt(64, "reply length cap when sampling for the comparison", **POSITIVE)
@@ -49,16 +52,13 @@ def run(ctx) -> dict:
     from align.compare import compare_to_parent
     from align.data.preferences import load_stage_pairs, unique_prompts
 
-    options, model_options = ctx.options, ctx.cfg.model
-    lora = models.lora_config(ctx.cfg.lora)
+    from align.policy import policy_and_reference
 
-    # 1. The policy, and the reference: the parent's own weights, never a hub path.
-    tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
-    policy = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
-    reference = None
-    if lora is None:
-        reference = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
-        reference.requires_grad_(False).eval()
+    options = ctx.options
+
+    # 1. The policy, and the reference: the parent's own weights, never a hub path (None with LoRA: TRL wraps).
+    loaded = policy_and_reference(ctx.parent.source, ctx.cfg.model, ctx.cfg.lora, device=ctx.device, dtype=ctx.dtype)
+    tokenizer, policy, reference, lora = loaded.tokenizer, loaded.policy, loaded.reference, loaded.lora
 
     # 2. Preference pairs (bad rows dropped with their row numbers, or refused), and held-out prompts.
     train_rows, eval_rows = load_stage_pairs(ctx, tokenizer)
@@ -111,22 +111,18 @@ def build_trainer(ctx, policy, reference, tokenizer, dataset):
 
 
 def reward_model_for(ctx, choice: str):
-    """The reward model that judges the win rate: a folder, the same run's promoted rm (`auto`), or None."""
-    from pathlib import Path
+    """The reward model judging the win rate: align.reward.find_reward_model's rule (explicit folder, else the
+    promoted rm of this run, else of the parent's run), or None (skipped, said so)."""
+    from align.reward import find_reward_model
 
-    from align.runs import PROMOTABLE, read_manifest
-
-    if choice in (None, "", "none"):
-        return None
-    if choice != "auto":
-        return choice
-    candidate = Path(ctx.work.run_dir) / "rm"
-    if (read_manifest(candidate) or {}).get("status") in PROMOTABLE:
-        print(f"[align] dpo: win rate judged by {candidate}", flush=True)
-        return str(candidate)
-    print(f"[align] dpo: no promoted rm in {ctx.work.run_dir}: the win rate vs the parent is skipped "
-          f"(set dpo.reward_model=<folder> to judge with one)", flush=True)
-    return None
+    found = find_reward_model(choice, run_dir=Path(ctx.work.run_dir), parent_run_dir=ctx.parent.run_dir,
+                              key="dpo.reward_model")
+    if found is not None:
+        log.info(f"dpo: win rate judged by {found}")
+    elif choice in (None, "", "auto"):
+        log.info(f"dpo: no promoted rm in {ctx.work.run_dir} or the parent's run: the win rate vs the parent "
+                 f"is skipped (set dpo.reward_model=<folder> to judge with one)")
+    return found
 
 
 def write_samples(samples: dict, folder) -> None:

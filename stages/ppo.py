@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from align.config import ALL_OR_POSITIVE, LR_SCHEDULERS, POSITIVE, SHARE, TrainOptions, opt
+from align.log import log
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 # One process only for now: every process would sample the same prompts and write the same checkpoints.
@@ -34,8 +35,8 @@ class Options(TrainOptions):
                                    "({\"prompt\": [messages]}); its test split is held out for evaluation")
     eval_data: Optional[str] = opt(None, "held-out preference data for the comparison with the parent "
                                          "(default: the test split of `data`)")
-    reward: Optional[str] = opt(None, "reward model: an rm stage folder (default: the rm of the parent's run, else "
-                                      "the latest promoted rm)")
+    reward: Optional[str] = opt(None, "reward model: an rm stage folder (default: the rm of this run, else of the "
+                                      "parent's run, else the latest promoted rm, said so)")
     # Rollouts.
     batch_size: int = opt(16, "prompts per rollout (one PPO step)", **POSITIVE)
     max_new_tokens: int = opt(48, "longest reply sampled; a reply that does not end by then counts as unfinished",
@@ -85,6 +86,7 @@ class Options(TrainOptions):
 def run(ctx) -> dict:
     from align import models
     from align.compare import compare_to_parent
+    from align.policy import policy_and_reference
     from align.ppo.rollout import reward_model_function, toxicity_penalty_function
     from align.ppo.trainer import ActorCritic, PPOSettings, PPOTrainer
     from align.reward import load_reward_model
@@ -93,23 +95,14 @@ def run(ctx) -> dict:
     options, model_options = ctx.options, ctx.cfg.model
 
     # 1. The policy, its reference (the parent, frozen) and the reward model.
-    tokenizer = models.load_tokenizer(ctx.parent.source, model_options)
-    policy = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
-    if options.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-        policy.config.use_cache = False  # generation still passes use_cache=True
-    lora = models.lora_config(ctx.cfg.lora)
-    if lora is not None:
-        from peft import get_peft_model
-
-        policy = get_peft_model(policy, lora)
-        reference, reference_context = policy, policy.disable_adapter  # the parent = the adapter switched off
-    else:
-        models.freeze_lower_layers(policy, options.trainable_layers)  # the value head added later stays trainable
-        reference = models.load_causal_lm(ctx.parent.source, model_options, device=ctx.device, dtype=ctx.dtype)
-        reference_context = None
+    loaded = policy_and_reference(ctx.parent.source, model_options, ctx.cfg.lora, device=ctx.device, dtype=ctx.dtype,
+                                  wrap_lora=True, gradient_checkpointing=options.gradient_checkpointing,
+                                  trainable_layers=options.trainable_layers)  # the value head added later trains
+    tokenizer, policy, reference, reference_context = (loaded.tokenizer, loaded.policy, loaded.reference,
+                                                       loaded.reference_context)
+    lora = loaded.lora
     reward_dir = resolve_reward(ctx)
-    print(f"[align] ppo: reward model {reward_dir}", flush=True)
+    log.info(f"ppo: reward model {reward_dir}")
     reward_model = load_reward_model(reward_dir, device=ctx.device)
     value_model = load_value_model(reward_dir, tokenizer, ctx) if options.value_model == "rm" else None
 
@@ -154,20 +147,14 @@ def run(ctx) -> dict:
 
 
 def resolve_reward(ctx) -> Path:
-    """`ppo.reward`, else the rm of the parent's run, else the latest promoted rm under runs_dir."""
+    """The reward model, by align.reward.find_reward_model's rule: `ppo.reward`, else the promoted rm of this run,
+    else of the parent's run, else (said so) the latest promoted rm under runs_dir; ConfigError when none."""
     from align.errors import ConfigError
-    from align.runs import PROMOTABLE, latest_promoted, read_manifest
+    from align.reward import find_reward_model
 
-    if ctx.options.reward:
-        path = Path(ctx.options.reward)
-        if not path.is_dir():
-            raise ConfigError(f"ppo.reward={path}: not a folder (give an rm stage folder, e.g. runs/<run>/rm)")
-        return path
-    if ctx.parent.run_dir is not None:
-        sibling = ctx.parent.run_dir / "rm"
-        if (read_manifest(sibling) or {}).get("status") in PROMOTABLE:
-            return sibling
-    found = latest_promoted(Path(ctx.cfg.runs_dir), "rm")
+    found = find_reward_model(ctx.options.reward, run_dir=Path(ctx.work.run_dir), parent_run_dir=ctx.parent.run_dir,
+                              runs_dir=Path(ctx.cfg.runs_dir), key="ppo.reward",
+                              say=lambda message: log.info(f"ppo: {message}"))
     if found is None:
         raise ConfigError("ppo needs a reward model: pass reward=runs/<run>/rm, or train one first with "
                           "`python -m align.run rm`")
@@ -193,8 +180,8 @@ def fitting_prompts(tokenizer, prompts: list[list[dict]], max_tokens: int) -> li
             if len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True,
                                                  return_dict=True)["input_ids"]) <= max_tokens]
     if len(kept) < len(prompts):
-        print(f"[align] ppo: {len(prompts) - len(kept)} of {len(prompts)} prompts are longer than {max_tokens} tokens "
-              f"and are left out (raise max_length to keep them)", flush=True)
+        log.info(f"ppo: {len(prompts) - len(kept)} of {len(prompts)} prompts are longer than {max_tokens} tokens "
+                 f"and are left out (raise max_length to keep them)")
     if not kept:
         from align.errors import ConfigError
 
@@ -226,8 +213,8 @@ def _held_out_pairs(ctx, options) -> tuple[list[dict], int]:
         else:
             why = ""
         if not any(isinstance(row, dict) and ("chosen" in row or "rejected" in row) for row in held_out):
-            print(f"[align] ppo: {spec} has no held-out preference pairs{why}: no comparison with the parent "
-                  f"(give eval_data=<preference data> for one)", flush=True)
+            log.info(f"ppo: {spec} has no held-out preference pairs{why}: no comparison with the parent "
+                     f"(give eval_data=<preference data> for one)")
             return [], 0
     rows = load_preferences(spec, "test", limit=options.eval_rows)
     ctx.record_data(rows)
