@@ -22,6 +22,7 @@ from typing import Optional
 
 from align.config import load_recipe, opt, recipe_schema
 from align.errors import ConfigError
+from align.log import log
 
 SECTION = "candidates"
 
@@ -91,7 +92,7 @@ def collect(store, model, tokenizer, prompts: list[list[dict]], options, *, mode
 
     todo = store.missing_prompts(prompts, model=model_name)
     if len(todo) < len(prompts):
-        print(f"[align] {len(prompts) - len(todo)} of {len(prompts)} prompts already in the store: skipped", flush=True)
+        log.info(f"{len(prompts) - len(todo)} of {len(prompts)} prompts already in the store: skipped")
     added = 0
     with tqdm(total=len(todo), desc="candidates", unit="prompt") as bar:
         for start in range(0, len(todo), options.chunk):
@@ -136,12 +137,12 @@ def main(args: argparse.Namespace) -> int:
     model_name = os.path.normpath(parent.source) if Path(parent.source).exists() else parent.source
     prompts = [row["prompt"] for row in rows.rows]
     if not store.missing_prompts(prompts, model=model_name):
-        print(f"[align] all {len(prompts)} prompts already have candidates from {model_name} in {store.url}")
+        log.info(f"all {len(prompts)} prompts already have candidates from {model_name} in {store.url}")
         return 0
     tokenizer = load_tokenizer(parent.source, cfg.model)
     model = load_causal_lm(parent.source, cfg.model, device=cfg.device)
     added = collect(store, model, tokenizer, prompts, options, model_name=model_name, source=rows.source,
                     seed=cfg.seed)
-    print(f"[align] stored {added} prompts x {options.n} replies from {model_name} in {store.url} "
-          f"({store.count_items()} items in all). Next: python -m align.run label --store {store_location}")
+    log.info(f"stored {added} prompts x {options.n} replies from {model_name} in {store.url} "
+             f"({store.count_items()} items in all). Next: python -m align.run label --store {store_location}")
     return 0

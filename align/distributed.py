@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+from align.log import RANK_VARS, log
+
 WAIT_TIMEOUT = timedelta(hours=24)  # the other processes wait this long for the main one's gate and promotion
 
 # The variables torchrun / accelerate launch (and MPI launchers) set, as accelerate reads them.
 _WORLD_SIZE_VARS = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
-_RANK_VARS = ["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"]
+_RANK_VARS = list(RANK_VARS)
 _LOCAL_RANK_VARS = ["LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK"]
 
 _wait_group = None  # created by start() in every process
@@ -176,6 +178,6 @@ def _warn_single_cpu_process() -> None:
     """`accelerate launch --cpu --num_processes N` starts one process unless MPI starts them (--mpirun_hostfile):
     say so instead of training alone silently. Its mark: accelerate sets MASTER_ADDR only for N > 1."""
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1") and "MASTER_ADDR" in os.environ:
-        print("[align] warning: one process only. `accelerate launch --cpu --num_processes N` needs MPI "
-              "(--mpirun_hostfile) to start N processes; without it use `accelerate launch --multi_gpu "
-              "--num_processes N` with device=cpu, or align/accelerate/cpu-2proc.yaml (see README)", flush=True)
+        log.warning("warning: one process only. `accelerate launch --cpu --num_processes N` needs MPI "
+                    "(--mpirun_hostfile) to start N processes; without it use `accelerate launch --multi_gpu "
+                    "--num_processes N` with device=cpu, or align/accelerate/cpu-2proc.yaml (see README)")

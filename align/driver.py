@@ -32,6 +32,7 @@ from align.card import write_model_card
 from align.errors import GateError
 from align.runs import (Parent, StageWork, failed_checks, find_resumable, fingerprint_inputs, fingerprint_of,
                         new_run_name, package_versions, resolve_parent, write_json)
+from align.log import log
 
 Stage = object  # a module following the protocol above
 
@@ -132,8 +133,8 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     if distributed.is_main():
         resumed = work.begin(resume, inputs, accept_changes=resume_changed)
         if resumed and resumed["changed"]:
-            print(f"[align] --resume-changed: continuing {name} with changed settings "
-                  f"({', '.join(resumed['changed'])}), recorded in the manifest", flush=True)
+            log.info(f"--resume-changed: continuing {name} with changed settings "
+                     f"({', '.join(resumed['changed'])}), recorded in the manifest")
     if distributed.is_local_main():
         resolve_source(parent.source)  # builds a cached model (embedded, tiny) once per machine, before the others
     distributed.barrier()
@@ -146,8 +147,8 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
                        dtype=choose_dtype(cfg.model.dtype, device),
                        resume_checkpoint=work.last_checkpoint() if resume else None)
     if resume and ctx.resume_checkpoint:
-        print(f"[align] resuming {name} from {ctx.resume_checkpoint}", flush=True)
-    print(f"[align] {name}: run folder {run_dir} (parent: {parent.source})", flush=True)
+        log.info(f"resuming {name} from {ctx.resume_checkpoint}")
+    log.info(f"{name}: run folder {run_dir} (parent: {parent.source})")
 
     started = time.time()
     try:
@@ -197,7 +198,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     final = work.promote(work.gate_failed_dir if status == "gate_failed" else None)
     verdict = {"promoted": "promoted", "overridden": "promoted by override", "ungated": "promoted UNGATED (gate off)",
                "gate_failed": "NOT promoted (gate failed)"}
-    print(f"[align] {name} finished in {wall:.0f}s: {final} — {verdict[status]}", flush=True)
+    log.info(f"{name} finished in {wall:.0f}s: {final} — {verdict[status]}")
     distributed.barrier()  # releases the other processes
     if status == "gate_failed":
         kept = f"; the promoted {work.final_dir} is kept" if work.final_dir.exists() else ""

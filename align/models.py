@@ -20,6 +20,7 @@ from pathlib import Path
 
 from align.errors import ModelError
 from align.paths import PACKAGE_DIR, TEMPLATES_DIR, cache_dir
+from align.log import log
 
 EMBEDDED_MODELS = {
     # name: (PyPI package holding the file, GGUF file name, pip requirement)
@@ -35,10 +36,6 @@ TINY_VERSION = "v1"
 # Model templates align has a training twin for ({% generation %} markers around assistant replies),
 # tried in order; a twin is used only if it renders probe conversations exactly like the model's own template.
 TRAINING_TEMPLATES = ["smollm2_training.jinja", "chatml_training.jinja"]
-
-
-def _say(message: str) -> None:
-    print(f"[align] {message}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -93,7 +90,7 @@ def ensure_embedded(name: str) -> Path:
     gguf_file = _package_file(package, filename, requirement)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    _say(f"converting the embedded model {filename} to safetensors (once) ...")
+    log.info(f"converting the embedded model {filename} to safetensors (once) ...")
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_file.parent, gguf_file=filename, quantization_config=GgufConfig(dequantize=True)
@@ -105,7 +102,7 @@ def ensure_embedded(name: str) -> Path:
             shutil.rmtree(target)
         os.replace(tmp, target)
         os.makedirs(tmp, exist_ok=True)  # TemporaryDirectory wants something to clean up
-    _say(f"embedded model saved to {target}")
+    log.info(f"embedded model saved to {target}")
     return target
 
 
@@ -206,7 +203,7 @@ def load_tokenizer(source: str, model_options=None, fallback_template: str | Non
         if tokenizer.eos_token is None:
             raise ModelError(f"the tokenizer of {source} has neither a pad nor an EOS token: set model.pad_token")
         tokenizer.pad_token = tokenizer.eos_token
-        _say(f"tokenizer has no pad token: padding with its EOS token {tokenizer.eos_token!r} (set model.pad_token to choose)")
+        log.info(f"tokenizer has no pad token: padding with its EOS token {tokenizer.eos_token!r} (set model.pad_token to choose)")
     return tokenizer
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from align.config import opt
+from align.log import log
 
 PREFERENCE_STAGES = ("rm", "dpo")
 
@@ -52,10 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (dotted keys)")
 
 
-def _say(message: str) -> None:
-    print(f"[align] {message}", flush=True)
-
-
 def _label_spec(options, run_dir: Path) -> str | None:
     """`labels:<store>` when label mixing is on and the store has exported pairs."""
     if not options.mix_labels:
@@ -72,7 +69,7 @@ def _label_spec(options, run_dir: Path) -> str | None:
         handle.close()
     if not pairs:
         return None
-    _say(f"mixing {pairs} human preference pairs from {store} into {', '.join(PREFERENCE_STAGES)}")
+    log.info(f"mixing {pairs} human preference pairs from {store} into {', '.join(PREFERENCE_STAGES)}")
     return f"labels:{store}"
 
 
@@ -131,7 +128,7 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
             finished = read_manifest(run_dir / stage)
             if finished and finished.get("fingerprint") == stage_fingerprint(stage, cfg, parent) \
                     and finished.get("status") in PROMOTABLE:
-                _say(f"{stage}: finished earlier with the same inputs — skipped")
+                log.info(f"{stage}: finished earlier with the same inputs — skipped")
                 skipped.append(stage)
                 timings[stage] = 0.0
                 continue
@@ -150,7 +147,7 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
         total = time.time() - started
         report = write_report(run_dir, stages, timings, skipped, total, final, evaluations)
         print_summary(run_dir, stages, timings, skipped, total, final, evaluations)
-        _say(f"report: {report}")
+        log.info(f"report: {report}")
     if evaluation_error is not None:  # the pipeline itself finished: its closing evaluation's failure is the error
         raise evaluation_error
     return run_dir
@@ -172,11 +169,11 @@ def evaluate_against_base(cfg, run_dir: Path, stages: list[str]) -> tuple[list[d
         try:
             from align.evaluation.command import evaluate
 
-            _say(f"eval: {stage} against the base model ({cfg.model.source}), on data the run never trained on")
+            log.info(f"eval: {stage} against the base model ({cfg.model.source}), on data the run never trained on")
             out = run_dir / stage / "eval"
             result = evaluate(cfg, str(run_dir / stage), cfg.model.source, out)
         except Exception as exc:  # reported in the summary; the caller raises it once the report is written
-            _say(f"eval of {stage} failed: {type(exc).__name__}: {exc}".splitlines()[0])
+            log.info(f"eval of {stage} failed: {type(exc).__name__}: {exc}".splitlines()[0])
             return evaluations, exc
         evaluations.append({"stage": stage, "out": str(out), "result": result})
         if stage == promoted[-1]:
@@ -210,7 +207,7 @@ def judge_final_against_base(cfg, run_dir: Path, stages: list[str]) -> dict | No
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("key") == key:
             return cached
-    _say(f"judging the final model ({final}) against the base model ({cfg.model.source}) with {run_dir / 'rm'}")
+    log.info(f"judging the final model ({final}) against the base model ({cfg.model.source}) with {run_dir / 'rm'}")
     result = {"key": key, "final": final, "base": cfg.model.source, **_final_vs_base(cfg, run_dir / final,
                                                                                       run_dir / "rm")}
     write_json(path, result)
@@ -254,5 +251,5 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.config, args.overrides, command="pipeline")
     run_dir = run_pipeline(cfg, run=args.run, override_gate=args.override_gate, resume_changed=args.resume_changed,
                            allow_ungated=args.allow_ungated)
-    _say(f"chat with the aligned model: python -m align.run chat --model {run_dir}")
+    log.info(f"chat with the aligned model: python -m align.run chat --model {run_dir}")
     return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from align.errors import AlignError, ConfigError, GateError
+from align.log import log
 
 MANIFEST = "manifest.json"
 STARTED = "started.json"  # in .work/<stage>/: the fingerprint inputs the stage started with
@@ -114,8 +115,8 @@ class StageWork:
         if not resume:
             if self.work_dir.exists():
                 if self.last_checkpoint() is not None:
-                    print(f"[align] discarding the interrupted {self.stage} in {self.work_dir} "
-                          f"(pass --resume to continue it instead)", flush=True)
+                    log.info(f"discarding the interrupted {self.stage} in {self.work_dir} "
+                             f"(pass --resume to continue it instead)")
                 shutil.rmtree(self.work_dir)
             self.output_dir.mkdir(parents=True)
             self.checkpoints_dir.mkdir(parents=True)
@@ -133,8 +134,7 @@ class StageWork:
                               f"resume with the settings it started with, start it afresh (without --resume, or "
                               f"remove that folder), or pass --resume-changed to continue anyway (recorded)")
         if started is None:
-            print(f"[align] {self.work_dir} has no record of the settings it started with: resuming unchecked",
-                  flush=True)
+            log.info(f"{self.work_dir} has no record of the settings it started with: resuming unchecked")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         return {"checkpoint": self.last_checkpoint(), "started_at": (started or {}).get("started_at"),
@@ -269,7 +269,7 @@ def resolve_parent(spec: str | None, parent_stages: tuple[str, ...], runs_dir: P
         for stage in parent_stages:
             found = latest_promoted(runs_dir, stage)
             if found is not None:
-                print(f"[align] parent: the latest promoted {stage}, {found}", flush=True)
+                log.info(f"parent: the latest promoted {stage}, {found}")
                 spec = str(found)
                 break
         else:

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from align.log import log
 
 
 def trainer_args(config_class, ctx, options, **stage_specific):
@@ -70,8 +71,8 @@ def train(trainer, ctx) -> dict:
         trainer.add_callback(callback)
     if ctx.options.trainable_layers >= 0 and not hasattr(trainer.model, "peft_config"):
         trainable = freeze_lower_layers(trainer.model, ctx.options.trainable_layers)
-        print(f"[align] training the top {ctx.options.trainable_layers} layers and the head: {trainable:,} "
-              f"parameters", flush=True)
+        log.info(f"training the top {ctx.options.trainable_layers} layers and the head: {trainable:,} "
+                 f"parameters")
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint)
     wall = time.perf_counter() - started

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from align.config import ALL_OR_POSITIVE, TrainOptions, opt
 from align.errors import ConfigError, DataError
 from align.data.registry import Rows, check_messages, load_rows
+from align.log import log
 
 ON_BAD = ("drop", "refuse")
 SHOWN_IN_SUMMARY = 5
@@ -144,8 +145,7 @@ def load_preferences(spec: str, split: str = "train", limit: int = -1, on_bad: s
     dropped = [_describe(exc) for exc in bad]
     if dropped:
         shown = "; ".join(dropped[:SHOWN_IN_SUMMARY]) + (" ..." if len(dropped) > SHOWN_IN_SUMMARY else "")
-        print(f"[align] {spec} ({split}): dropped {len(dropped)} of {len(loaded.rows)} preference rows: {shown}",
-              flush=True)
+        log.info(f"{spec} ({split}): dropped {len(dropped)} of {len(loaded.rows)} preference rows: {shown}")
     if not kept:
         raise DataError(loaded.source, None, None, f"the {split} split has no usable preference rows "
                                                    f"({len(dropped)} dropped)")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from align.config import opt
 from align.data.curate import (balance, decontaminate, dedup, language, length, normalise, pii, toxicity)
+from align.log import log
 
 VERSION = "v1"  # of the steps' behaviour: a new version reruns a finished curation
 STAGE = "curate"
@@ -72,7 +73,7 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
     inputs = {**fingerprint_inputs(STAGE, cfg, Parent(source="data")), "version": VERSION}
     done = read_manifest(run_dir / STAGE)
     if done and done.get("fingerprint") == fingerprint_of(inputs) and not force:
-        print(f"[align] curate: {run_dir / STAGE} is up to date (same data and settings): skipped", flush=True)
+        log.info(f"curate: {run_dir / STAGE} is up to date (same data and settings): skipped")
         return run_dir / STAGE
 
     # 1. Read both splits, every row checked; nothing is written before this succeeds.
@@ -89,7 +90,7 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
         step_options = options[name]
         if not step_options.enabled:
             continue
-        print(f"[align] curate: {name} ({len(records)} rows)", flush=True)
+        log.info(f"curate: {name} ({len(records)} rows)")
         step_started, step_cpu = time.time(), time.process_time()
         result = step.apply(records, step_options, env)
         steps.append(reporting.step_entry(name, len(records), result, time.time() - step_started,
@@ -128,9 +129,8 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
         work.abandon()
         raise
     final = work.promote()
-    print(f"[align] curate: {rows_in} rows in, {len(records)} out ({len(removed)} removed: "
-          + ", ".join(f"{s['name']} {s['removed']}" for s in steps if s["removed"]) + f") in {wall:.1f}s: {final}",
-          flush=True)
+    log.info(f"curate: {rows_in} rows in, {len(records)} out ({len(removed)} removed: "
+             + ", ".join(f"{s['name']} {s['removed']}" for s in steps if s["removed"]) + f") in {wall:.1f}s: {final}")
     return final
 
 

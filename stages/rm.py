@@ -26,6 +26,7 @@ import numpy as np
 from align.config import opt
 from align.reward_diagnostics import pair_metrics
 from align.data.preferences import PreferenceTrainOptions
+from align.log import log
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 GATED = False  # a reward model generates no text: the toxicity and bias gate does not apply
@@ -71,8 +72,8 @@ def run(ctx) -> dict:
     train_pairs, balance = (length_balanced(train_split, ctx.cfg.seed) if options.length_balance
                             else (train_split, None))
     if balance:
-        print(f"[align] length_balance: {balance['chosen_shorter']} chosen-shorter and {balance['chosen_longer']} "
-              f"chosen-longer pairs -> {balance['kept']} pairs kept", flush=True)
+        log.info(f"length_balance: {balance['chosen_shorter']} chosen-shorter and {balance['chosen_longer']} "
+                 f"chosen-longer pairs -> {balance['kept']} pairs kept")
 
     def held_out_metrics(net) -> tuple[dict, tuple[list, list]]:
         scores = score_pairs(held_out, net, options.batch_size, options.max_length)

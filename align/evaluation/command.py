@@ -20,12 +20,12 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from align.log import get
 
 VERSION = "v2"
 
 
-def _say(message: str) -> None:
-    print(f"[align] eval: {message}", flush=True)
+log = get("eval")  # [align] eval: …
 
 
 def _options_listing() -> str:
@@ -120,7 +120,7 @@ def evaluate(cfg, model: str, baseline: str | None = None, out: Path | None = No
                                      to_dict(options), gates], sort_keys=True, default=str).encode()).hexdigest()
     cached = _read_cached(out / "eval.json", key)
     if cached is not None:
-        _say(f"{out / 'eval.json'}: the same models, options and data as before — reused")
+        log.info(f"{out / 'eval.json'}: the same models, options and data as before — reused")
         return cached
 
     measured = {"model": measure_cached(model, units, options, cfg.model, cfg.device, progress)}
@@ -137,7 +137,7 @@ def evaluate(cfg, model: str, baseline: str | None = None, out: Path | None = No
                         "total_s": round(time.perf_counter() - started, 1),
                         "total_cpu_s": round(time.process_time() - cpu_started, 1)}
     json_path, html_path = write_outputs(result, out)
-    _say(f"wrote {json_path} and {html_path}")
+    log.info(f"wrote {json_path} and {html_path}")
     return result
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from align.paths import cache_dir
+from align.log import log
 
 VERSION = "v1"
 
@@ -135,8 +136,8 @@ def ensure_judge(options, data: str, device: str) -> Path:
     folder = Path(cfg.runs_dir) / run / "rm"
     if (read_manifest(folder) or {}).get("status") in PROMOTABLE:
         return folder
-    print(f"[align] eval: training the independent judge (once, cached in {folder.parent}): a reward head on "
-          f"{options.judge_base}, on {data}", flush=True)
+    log.info(f"eval: training the independent judge (once, cached in {folder.parent}): a reward head on "
+             f"{options.judge_base}, on {data}")
     return run_stage("rm", cfg, parent_spec=options.judge_base, run=run)
 
 

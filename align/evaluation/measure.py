@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 from align.paths import cache_dir
+from align.log import get
 
 VERSION = "v1"
 #: The eval options that change a measurement (the rest only change how it is summarised).
 MEASURING = ("seed", "max_new_tokens", "temperature", "top_p", "max_prompt_length", "max_length")
 
 
-def _say(message: str) -> None:
-    print(f"[align] eval: {message}", flush=True)
+log = get("eval")  # [align] eval: …
 
 
 def model_identity(source: str) -> str:
@@ -64,7 +64,7 @@ def measure_cached(source: str, units, options, model_options=None, device: str 
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
             if cached.get("key") == key:
-                _say(f"{source}: measured earlier with the same settings (cached)")
+                log.info(f"{source}: measured earlier with the same settings (cached)")
                 return cached
         except (OSError, json.JSONDecodeError):
             pass
@@ -116,7 +116,7 @@ def measure(source: str, units, options, model_options=None, device: str = "auto
     try:
         with clock.part("preference"):
             for name, pairs in units.preference.items():
-                _say(f"{source}: log-probabilities of {len(pairs)} held-out {name} pairs")
+                log.info(f"{source}: log-probabilities of {len(pairs)} held-out {name} pairs")
                 trimmed = [{**p, "prompt": trim_prompt(p["prompt"], tokenizer, limit)} for p in pairs]
                 result["preference"][name] = {"ids": [p["id"] for p in pairs],
                                               **pair_logprobs(model, tokenizer, trimmed, options.max_length,

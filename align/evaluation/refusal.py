@@ -29,6 +29,7 @@ import numpy as np
 
 from align.errors import DataError
 from align.paths import DATA_DIR, cache_dir
+from align.log import log
 
 VERSION = "v1"
 DATA_FILE = DATA_DIR / "benchmarks" / "refusal-replies" / "refusal-replies.jsonl"
@@ -187,7 +188,7 @@ def load_classifier(threshold: float = 0.5) -> RefusalClassifier:
             return RefusalClassifier(pipeline, report, threshold)
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
             pass  # an unreadable cache entry is refitted
-    print("[align] eval: fitting the refusal classifier (once) ...", flush=True)
+    log.info("eval: fitting the refusal classifier (once) ...")
     classifier = fit(read_rows(), threshold)
     classifier.report["key"] = key
     tmp = path.with_suffix(".tmp")

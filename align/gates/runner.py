@@ -29,6 +29,7 @@ from align.gates.policy import (
     verdict,
 )
 from align.paths import cache_dir
+from align.log import get
 
 #: v2: measurements keep per-unit values (`items`) for paired comparisons; v1 caches lack them and are re-measured.
 CACHE_VERSION = "v2"
@@ -49,8 +50,7 @@ def json_safe(value):
     return value
 
 
-def _say(message: str) -> None:
-    print(f"[align] gate: {message}", flush=True)
+log = get("gate")  # [align] gate: …
 
 
 def load_scorer_for(options: GateOptions):
@@ -101,7 +101,7 @@ def _measure(source, options, scorer, model_options, device, progress, started) 
         for name in ("toxicity", "crows_pairs", "bbq", "bold"):
             if name not in options.benchmarks:
                 continue
-            _say(f"{name} on {source}")
+            log.info(f"{name} on {source}")
             t0, cpu0 = time.perf_counter(), time.process_time()
             if name == "toxicity":
                 m, f, examples, units = toxicity_eval.evaluate_toxicity(model, tokenizer, scorer, options, progress)
@@ -262,7 +262,7 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
         # Power up front: what this gate can see at these sizes, before the child is measured.
         planned, warnings = plan_power(effective_options(opts), parent, _check_names(opts), limits)
         for warning in warnings:
-            _say(f"warning: {warning}")
+            log.warning(f"warning: {warning}")
         child = measure_model(model_source, opts, scorer, model_options, device, progress)
         parent_values = {k: v["value"] for k, v in parent["metrics"].items()} if parent else None
         paired = {}
@@ -276,7 +276,7 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
     except Exception as exc:  # fail closed: whatever broke, the gate fails and says why
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         error_trace = traceback.format_exc()
-        _say(f"error while gating: {error}")
+        log.error(f"error while gating: {error}")
         if child["metrics"] and not checks:
             checks = judge(child["metrics"], None, limits_for(opts, stage))
     gate = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from align.log import log
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,24 +64,23 @@ def run_sweep(stage: str, cfg, *, run: str | None = None, parent_spec: str | Non
         study_mod.check_same_settings(study, stage, study_mod.study_inputs(stage, cfg, parent, params, objective))
         study_mod.seed_first_trials(study, options, params, cfg)
     finished, _ = study_mod.finished_count(study)
-    print(f"[align] sweep {stage}: study {name!r} in {study_mod.storage_url(options, folder)}: {finished} of "
-          f"{options.trials} trials finished; {objective} ({direction}) over "
-          f"{', '.join(p.key for p in params)}", flush=True)
+    log.info(f"sweep {stage}: study {name!r} in {study_mod.storage_url(options, folder)}: {finished} of "
+             f"{options.trials} trials finished; {objective} ({direction}) over "
+             f"{', '.join(p.key for p in params)}")
     ran = study_mod.work_on(study, stage, cfg, folder, params, parent.source, objective, direction,
                             override_gate=override_gate, allow_ungated=allow_ungated)
     page = report.write_report(study, folder, stage, objective, direction)
     best = study_mod.best_trial(study, direction)
-    print(f"[align] sweep {stage}: {ran} trial(s) run here; report {page}", flush=True)
+    log.info(f"sweep {stage}: {ran} trial(s) run here; report {page}")
     if best is not None:
-        print(f"[align] sweep {stage}: best trial {best.number}: {objective}={best.value:.5g} "
-              f"({', '.join(f'{k}={v}' for k, v in best.params.items())}), {best.user_attrs.get('folder')}",
-              flush=True)
+        log.info(f"sweep {stage}: best trial {best.number}: {objective}={best.value:.5g} "
+                 f"({', '.join(f'{k}={v}' for k, v in best.params.items())}), {best.user_attrs.get('folder')}")
     promoted = None
     if options.promote_best:
         record = {"study": name, "storage": study_mod.storage_url(options, folder), "objective": objective,
                   "direction": direction}
         promoted = promote.promote_best(study, direction, run_dir, stage, record)
-        print(f"[align] sweep {stage}: best trial promoted to {promoted}", flush=True)
+        log.info(f"sweep {stage}: best trial promoted to {promoted}")
     return {"study": name, "folder": folder, "best": best, "ran": ran, "report": page, "promoted": promoted}
 
 

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from align.errors import ConfigError, GateError
+from align.log import log
 
 # A stage's own objective and the direction of metrics align's stages report.
 # (dpo: the held-out preference accuracy of its implicit reward, there with or without a reward model; ppo: the
@@ -255,7 +256,7 @@ def run_trial(study, trial, stage: str, cfg, folder: Path, parent_source: str, o
     OmegaConf.update(trial_cfg, "runs_dir", str(folder))
     sign = 1.0 if options.prune_direction == direction else -1.0
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-    print(f"[align] sweep {stage}: {name} ({shown})", flush=True)
+    log.info(f"sweep {stage}: {name} ({shown})")
     started = time.time()
     stage_dir = folder / name / stage
     try:
@@ -268,7 +269,7 @@ def run_trial(study, trial, stage: str, cfg, folder: Path, parent_source: str, o
         trial.set_user_attr("pruned", str(pruned))
         trial.set_user_attr("wall_s", round(time.time() - started, 1))
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        print(f"[align] sweep {stage}: {name} pruned ({pruned})", flush=True)
+        log.info(f"sweep {stage}: {name} pruned ({pruned})")
         return "pruned"
     except GateError:
         manifest = read_manifest(gate_failed_dir(stage_dir))
@@ -288,7 +289,7 @@ def run_trial(study, trial, stage: str, cfg, folder: Path, parent_source: str, o
         raise
     study.tell(trial, value)
     verdict = "" if trial.user_attrs["feasible"] else " — its gate FAILED: infeasible, never the best"
-    print(f"[align] sweep {stage}: {name} {objective}={value:.4g}{verdict}", flush=True)
+    log.info(f"sweep {stage}: {name} {objective}={value:.4g}{verdict}")
     return "complete"
 
 
@@ -303,8 +304,8 @@ def work_on(study, stage: str, cfg, folder: Path, params, parent_source: str, ob
         with claim_lock(folder):
             failed = fail_dead_trials(study, folder, local=options.storage is None)
             if failed:
-                print(f"[align] sweep {stage}: trial(s) {', '.join(map(str, failed))} of a killed worker marked "
-                      f"failed", flush=True)
+                log.info(f"sweep {stage}: trial(s) {', '.join(map(str, failed))} of a killed worker marked "
+                         f"failed")
             finished, running = finished_count(study)
             if finished + running >= options.trials:
                 break
@@ -316,5 +317,5 @@ def work_on(study, stage: str, cfg, folder: Path, params, parent_source: str, ob
                   allow_ungated)
         ran += 1
     if running:
-        print(f"[align] sweep {stage}: {running} trial(s) still running in other workers", flush=True)
+        log.info(f"sweep {stage}: {running} trial(s) still running in other workers")
     return ran
