@@ -23,9 +23,10 @@ prompt under the chat template, tokenized the way TRL's DPOTrainer does):
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Callable, Sequence
 
+from align.logprobs import eval_mode, target_logits, token_logprobs
 from align.reward_diagnostics import pair_wins, win_rate
 
 Messages = list[dict]
@@ -69,16 +70,6 @@ def _padded(rows: list[tuple[list[int], int]], pad_id: int, max_length: int | No
     return ids, attention, reply
 
 
-@contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 # -------------------------------------------------------------------------------------------- log-probs
 
 
@@ -90,15 +81,12 @@ def reply_logprobs(model, tokenizer, prompts: Sequence[Messages], replies: Seque
     device = next(model.parameters()).device
     encoded = [_prompt_and_reply_ids(tokenizer, list(p), list(r)) for p, r in zip(prompts, replies)]
     sums, counts = [], []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for chunk in _batches(encoded, batch_size):
             ids, attention, reply = _padded(chunk, tokenizer.pad_token_id, max_length)
             ids, attention, reply = ids.to(device), attention.to(device), reply.to(device)
-            logits = model(input_ids=ids, attention_mask=attention).logits.float()
-            token_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            mask = reply[:, 1:]
-            sums.extend((token_lp * mask).sum(dim=1).tolist())
-            counts.extend(mask.sum(dim=1).tolist())
+            sums.extend(token_logprobs(model, ids, attention, reply).sum(dim=1).tolist())
+            counts.extend(reply[:, 1:].sum(dim=1).tolist())
     return sums, [int(c) for c in counts]
 
 
@@ -150,20 +138,20 @@ def kl_to_reference(policy, reference, tokenizer, prompts: Sequence[Messages], r
     encoded = [_prompt_and_reply_ids(tokenizer, list(p), [{"role": "assistant", "content": r}])
                for p, r in zip(prompts, replies)]
     total_kl, total_tokens, per_sequence = 0.0, 0, []
-    with _eval_mode(policy), _eval_mode(reference), torch.no_grad():
+    with eval_mode(policy, reference), torch.no_grad():
         for chunk in _batches(encoded, batch_size):
             ids, attention, reply = _padded(chunk, tokenizer.pad_token_id, max_length)
             ids, attention, reply = ids.to(device), attention.to(device), reply.to(device)
-            logp = torch.log_softmax(policy(input_ids=ids, attention_mask=attention).logits.float()[:, :-1], -1)
+            # Only the positions predicting a reply token: (reply tokens, vocabulary) rows for both models.
+            logits, rows = target_logits(policy, ids, attention, reply)
+            logp = torch.log_softmax(logits.float(), -1)
             with (reference_context() if reference_context else nullcontext()):
-                ref_logits = reference(input_ids=ids, attention_mask=attention).logits.float()[:, :-1]
-            ref_logp = torch.log_softmax(ref_logits, -1)
+                ref_logp = torch.log_softmax(target_logits(reference, ids, attention, reply)[0].float(), -1)
             kl = (logp.exp() * (logp - ref_logp)).sum(-1)  # KL at each position, predicting the next token
-            mask = reply[:, 1:]
-            sequence_kl = (kl * mask).sum(dim=1)
+            sequence_kl = torch.zeros(len(chunk), dtype=kl.dtype, device=device).index_add_(0, rows, kl)
             per_sequence.extend(sequence_kl.tolist())
             total_kl += float(sequence_kl.sum())
-            total_tokens += int(mask.sum())
+            total_tokens += int(reply[:, 1:].sum())
     return {"kl_per_sequence": round(sum(per_sequence) / max(len(per_sequence), 1), 5),
             "kl_per_token": round(total_kl / max(total_tokens, 1), 6)}
 

@@ -14,11 +14,11 @@ def assistant_perplexity(model, tokenizer, conversations: list[list[dict]], chat
     """
     import torch
 
+    from align.logprobs import eval_mode, token_logprobs
+
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total_nll, total_tokens = 0.0, 0
-    try:
+    with eval_mode(model):
         for start in range(0, len(conversations), batch_size):
             chunk = conversations[start:start + batch_size]
             encoded = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True, chat_template=chat_template,
@@ -34,14 +34,9 @@ def assistant_perplexity(model, tokenizer, conversations: list[list[dict]], chat
                 target_mask[row, :n] = torch.tensor(e["assistant_masks"][:n], dtype=torch.bool)
             ids, attention, target_mask = ids.to(device), attention.to(device), target_mask.to(device)
             with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=attention).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            token_lp = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            mask = target_mask[:, 1:]
-            total_nll -= token_lp[mask].sum().item()
-            total_tokens += int(mask.sum().item())
-    finally:
-        model.train(was_training)
+                token_lp = token_logprobs(model, ids, attention, target_mask)
+            total_nll -= token_lp.sum().item()
+            total_tokens += int(target_mask[:, 1:].sum().item())
     if total_tokens == 0:
         return float("nan")
     return math.exp(total_nll / total_tokens)

@@ -42,6 +42,7 @@ import numpy as np
 from align.errors import DataError
 from align.gates.stats import bootstrap_ci
 from align.gates.toxicity_eval import unit_id
+from align.logprobs import eval_mode, gather_logprobs, token_logprobs
 from align.paths import DATA_DIR
 
 BENCHMARK_DIR = DATA_DIR / "benchmarks"
@@ -68,9 +69,7 @@ def continuation_logprobs(model, sequences: Sequence[tuple[list[int], list[int]]
     sums = np.zeros(len(sequences))
     counts = np.array([len(t) for _, t in sequences])
     order = sorted(range(len(sequences)), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             rows = [list(sequences[i][0]) + list(sequences[i][1]) for i in chunk]
@@ -85,24 +84,10 @@ def continuation_logprobs(model, sequences: Sequence[tuple[list[int], list[int]]
                 ids[j, :len(rows[j])] = torch.tensor(rows[j])
                 mask[j, :len(rows[j])] = 1
                 target[j, len(context):len(rows[j])] = True
-            with torch.no_grad():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            # Only the positions that predict a target token need a softmax over the vocabulary.
-            predicts = target[:, 1:].to(device)
-            picked = _token_logprobs(logits[:, :-1][predicts], ids[:, 1:].to(device)[predicts])
-            row_of = predicts.nonzero()[:, 0]
-            totals = torch.zeros(len(rows), dtype=picked.dtype, device=device).index_add_(0, row_of, picked)
-            sums[chunk] = totals.cpu().numpy()
-    finally:
-        model.train(was_training)
+            with torch.no_grad():  # only the positions that predict a target token go through the head
+                token_lp = token_logprobs(model, ids.to(device), mask.to(device), target.to(device))
+            sums[chunk] = token_lp.sum(dim=1).cpu().numpy()
     return sums, counts
-
-
-def _token_logprobs(logits, tokens):
-    """log p(token) under each row of logits (rows: positions, columns: the vocabulary), in float32."""
-    import torch
-
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def shared_context_logprobs(model, groups: Sequence[tuple[list[int], Sequence[list[int]]]], batch_size: int = 8,
@@ -124,9 +109,7 @@ def shared_context_logprobs(model, groups: Sequence[tuple[list[int], Sequence[li
     sums = np.zeros(offsets[-1])
     counts = np.array([len(t) for _, targets in groups for t in targets])
     order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             chunk = [g for g in order[start:start + batch_size] if groups[g][1]]
             if not chunk:
@@ -153,12 +136,10 @@ def shared_context_logprobs(model, groups: Sequence[tuple[list[int], Sequence[li
             # Token k of a target is predicted by the context's last position (k = 0) or by the target's token k - 1.
             predictors = torch.cat([encoded.last_logits.unsqueeze(1), logits[:, :-1]], dim=1)
             scored = target_mask.bool()
-            picked = _token_logprobs(predictors[scored], target_ids[scored])
+            picked = gather_logprobs(predictors[scored], target_ids[scored])
             totals = torch.zeros(len(targets), dtype=picked.dtype, device=device)
             totals.index_add_(0, scored.nonzero()[:, 0], picked)
             sums[slots] = totals.cpu().numpy()
-    finally:
-        model.train(was_training)
     return sums, counts
 
 
