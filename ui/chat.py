@@ -18,7 +18,8 @@ stages under ``--runs-dir``); a caller cannot make it load a path of their own.
 Sign-in: whenever it is served, the app signs people in with the label store's accounts
 (throttled, as in the labeling app: `ui.access`), and feedback is credited to the signed-in name
 (``auth="login"``). ``--no-auth`` serves without sign-in on loopback hosts only; its rows carry
-``--user`` and ``auth="none"``. Model text is shown as text: every message is HTML-escaped (``ui.label.text_html``).
+``--user`` and ``auth="none"``. Model text never reaches the page as markup: the Chatbots render it as markdown with ``&`` and ``<`` escaped
+outside code (``ui.common.inert_markdown``; Gradio sanitises on top), the API returns it HTML-escaped.
 
 Output filter (``--filter-toxicity T``): each finished reply is scored by the gates' toxicity scorer
 (loaded only when the filter is on); one scoring above T is withheld with a notice and never joins
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import html
 import queue
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -46,29 +48,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import jinja2
 
 from align.errors import AlignError, ModelError
 from align.runs import PROMOTABLE, failed_checks, finished_stages, read_manifest
 from align.data.store import LabelStore, open_store
 from align.ui import access
 from align.ui.access import GuardedLogin, TLSFiles, is_loopback
-from align.ui.chat_cli import DEFAULT_PORT
-from align.ui.label import conversation_html, text_html
+from align.ui.common import CSS, conversation_html, inert_markdown, notice_html, signed_in_name, text_html
 
 #: Stages whose model one can chat with, best first within a run. (An rm stage is a reward model.)
 CHAT_STAGES = ("ppo", "dpo", "sft")
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 _LOAD_LOCK = threading.Lock()  # from_pretrained patches torch globally while it loads: never two at once
-
-CSS = """
-.align-turn { margin: 0 0 .6em 0; }
-.align-role { font-weight: 600; text-transform: capitalize; margin-right: .4em; }
-.align-text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: inherit; }
-.align-reply { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: .6em .8em; min-height: 3em; }
-.align-notice { font-style: italic; opacity: .75; }
-.align-model { margin: .2em 0; }
-"""
-
 
 def _say(message: str) -> None:
     print(f"[align] {message}", flush=True)
@@ -302,22 +294,40 @@ class ToxicityFilter:
         return f"on: replies with toxicity above {self.threshold:g} are withheld (scorer: {self.spec})"
 
 
+def withheld_text(score: float, threshold: float) -> str:
+    return f"Reply withheld by the output filter: toxicity {score:.2f} is above {threshold:g}."
+
+
+def generating_text(characters: int) -> str:
+    return f"Generating… {characters} characters so far; shown once the toxicity check has passed."
+
+
 def withheld_notice(score: float, threshold: float) -> str:
-    return (f'<div class="align-notice">Reply withheld by the output filter: toxicity {score:.2f} is above '
-            f"{threshold:g}.</div>")
+    return notice_html(withheld_text(score, threshold))
 
 
 def generating_notice(characters: int) -> str:
-    return (f'<div class="align-notice">Generating… {characters} characters so far; shown once the toxicity '
-            f"check has passed.</div>")
+    return notice_html(generating_text(characters))
 
 
 # -------------------------------------------------------------------------------------------- app
+_TEMPLATES = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_MODELS = _TEMPLATES.from_string(
+    '{% if compare is none %}<div class="align-model"><b>Model</b>: <code>{{ a.name }}</code> · {{ a.verdict }}</div>'
+    '{% else %}<div class="align-model"><b>Model A / Model B</b>: a blind comparison of</div>'
+    '{% for m in (a, compare) %}<div class="align-model">· <code>{{ m.name }}</code> · {{ m.verdict }}</div>'
+    '{% endfor %}<div class="align-model">{{ note }}</div>{% endif %}')
+_NOTICE_LINE = _TEMPLATES.from_string('<div class="align-model">{{ text }}<code>{{ code }}</code></div>')
+
+
 def models_html(model: ChatModel, compare: ChatModel | None) -> str:
-    """Which model(s) the page talks to, each with its status and gate verdict."""
-    lines = [(label, m) for label, m in (("Model A", model), ("Model B", compare)) if m is not None]
-    return "".join(f'<div class="align-model"><b>{label}</b>: <code>{html.escape(m.name)}</code> · '
-                   f"{html.escape(m.verdict)}</div>" for label, m in lines)
+    """Which model(s) the page talks to, each with its status and gate verdict; in compare mode, not which
+    column is which (that shows after the vote)."""
+    return _MODELS.render(a=model, compare=compare, note=BLIND_NOTE)
+
+
+def notice_line(text: str, code: str) -> str:
+    return _NOTICE_LINE.render(text=text, code=code)
 
 
 def store_name(store: LabelStore) -> str:
@@ -364,17 +374,356 @@ def compare_names(model: ChatModel, compare: ChatModel | None, runs_dir: str | P
     return [name for name in dict.fromkeys(names) if name != model.name]
 
 
+@dataclass
+class ChatPage:
+    """The chat page's components (built by `_settings_section` and `_conversation_section`)."""
+
+    model_info: gr.HTML
+    settings_line: str
+    system_box: gr.Textbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_tokens: gr.Slider
+    picker: gr.Dropdown
+    chat_a: gr.Chatbot = None
+    chat_b: gr.Chatbot = None
+    column_b: gr.Column = None
+    reveal: gr.Markdown = None
+    thumbs_row: gr.Row = None
+    thumbs_up: gr.Button = None
+    thumbs_down: gr.Button = None
+    choose_row: gr.Row = None
+    choose_a: gr.Button = None
+    choose_b: gr.Button = None
+    message_box: gr.Textbox = None
+    send_button: gr.Button = None
+    clear_button: gr.Button = None
+    status: gr.Markdown = None
+    # what the /send API returns (the page shows the Chatbots instead): escaped HTML, as before
+    api_conversation: gr.HTML = None
+    api_reply_a: gr.HTML = None
+    api_reply_b: gr.HTML = None
+    api_send: gr.Button = None
+    history_state: gr.State = None  # the conversation so far (user/assistant turns, no system prompt)
+    pending_state: gr.State = None  # the latest reply (or two) awaiting feedback
+
+
+BLIND_NOTE = "Model A and Model B take the two models in a random order each round; which is which shows after your vote."
+
+
+def _settings_section(model: ChatModel, compare: ChatModel | None, settings: GenerationSettings,
+                      picker_choices: list, settings_line: str) -> ChatPage:
+    model_info = gr.HTML(models_html(model, compare) + settings_line, elem_id="model-info")
+    with gr.Accordion("System prompt and generation settings", open=False):
+        system_box = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt",
+                                placeholder="(optional) e.g. You are a helpful, harmless assistant.")
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id="temperature")
+            top_p = gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p", elem_id="top-p")
+            max_tokens = gr.Slider(1, 1024, value=settings.max_new_tokens, step=1, label="Max new tokens",
+                                   elem_id="max-new-tokens")
+        picker = gr.Dropdown(picker_choices, value=compare.name if compare else "", label="Compare with",
+                             elem_id="compare-with", allow_custom_value=False,
+                             info="a second model; its replies and the first model's appear side by side, "
+                                  "unlabelled until you vote (the models this server was started with)")
+    return ChatPage(model_info, settings_line, system_box, temperature, top_p, max_tokens, picker)
+
+
+def _chatbot(label: str, elem_id: str) -> gr.Chatbot:
+    """A chat column: markdown rendered, HTML sanitised (and escaped beforehand: `inert_markdown`), copy buttons,
+    the last user turn editable, a retry button on the last reply."""
+    return gr.Chatbot(label=label, elem_id=elem_id, height=460, render_markdown=True, sanitize_html=True,
+                      allow_tags=False, editable="user", buttons=["copy", "copy_all"], group_consecutive_messages=False,
+                      latex_delimiters=[])
+
+
+def _conversation_section(page: ChatPage, compare: ChatModel | None) -> None:
+    with gr.Row():
+        with gr.Column():
+            page.chat_a = _chatbot("Model A" if compare else "Conversation", "chat-a")
+        with gr.Column(visible=compare is not None) as page.column_b:
+            page.chat_b = _chatbot("Model B", "chat-b")
+    page.reveal = gr.Markdown(BLIND_NOTE, elem_id="reveal", visible=compare is not None)
+    with gr.Row(visible=compare is None) as page.thumbs_row:
+        page.thumbs_up = gr.Button("▲ Good reply", elem_id="thumbs-up", size="sm")
+        page.thumbs_down = gr.Button("▼ Bad reply", elem_id="thumbs-down", size="sm")
+    with gr.Row(visible=compare is not None) as page.choose_row:
+        page.choose_a = gr.Button("A is better", elem_id="choose-a", size="sm")
+        page.choose_b = gr.Button("B is better", elem_id="choose-b", size="sm")
+    page.message_box = gr.Textbox(label="Message", placeholder="Type a message and press Enter", elem_id="message",
+                                  lines=1)
+    with gr.Row():
+        page.send_button = gr.Button("Send", variant="primary", elem_id="send")
+        page.clear_button = gr.Button("New conversation", elem_id="clear")
+    page.status = gr.Markdown(elem_id="status")
+    with gr.Group(visible=False):
+        page.api_conversation = gr.HTML(elem_id="api-conversation")
+        page.api_reply_a = gr.HTML(elem_id="api-reply-a")
+        page.api_reply_b = gr.HTML(elem_id="api-reply-b")
+        page.api_send = gr.Button("send (API)", elem_id="api-send")
+    page.history_state = gr.State([])
+    page.pending_state = gr.State(None)
+
+
+def committed(history: list, pending: dict | None) -> list:
+    """The conversation with the latest reply joined in: the chosen one, else A (never a withheld one)."""
+    if not pending:
+        return list(history)
+    kept = [i for i, w in enumerate(pending["withheld"]) if not w]
+    if not kept:  # every reply withheld: the user's message leaves the conversation too
+        return list(history)
+    index = pending["chosen"] if pending.get("chosen") is not None else kept[0]
+    return list(pending["turns"]) + [{"role": "assistant", "content": pending["replies"][index]}]
+
+
+def chat_messages(turns: list[dict], reply: str | None = None) -> list[dict]:
+    """A Chatbot's value: the turns and a reply (markdown, made inert), roles as the messages format has them."""
+    shown = [{"role": m["role"], "content": inert_markdown(m["content"])} for m in turns]
+    if reply is not None:
+        shown.append({"role": "assistant", "content": reply})
+    return shown
+
+
+def _wire_sending(page: ChatPage, model: ChatModel, compare_model: Callable, reply_filter: ToxicityFilter | None,
+                  shuffle: random.Random) -> None:
+    """Send, retry and edit (page), /send (API), and /clear; all run one round of `run_round`."""
+
+    def run_round(message, history, system_prompt, temperature, top_p, max_new_tokens, compare_with):
+        """One round: yields ("turns", turns), ("texts", texts) while streaming, then ("done", pending, notes)."""
+        turns = list(history) + [{"role": "user", "content": message}]
+        prompt = ([{"role": "system", "content": system_prompt}] if (system_prompt or "").strip() else []) + turns
+        try:
+            second = compare_model(compare_with)
+        except AlignError as error:
+            raise gr.Error(str(error)) from error
+        models = [model] + ([second] if second is not None else [])
+        run_settings = GenerationSettings(float(temperature), float(top_p), int(max_new_tokens))
+        yield "turns", turns
+        texts: list[str] = [""] * len(models)
+        try:
+            for texts in stream_replies(models, prompt, run_settings):
+                yield "texts", texts
+        except AlignError as error:
+            raise gr.Error(str(error)) from error
+        scores = [reply_filter.score(text) if reply_filter else None for text in texts]
+        withheld = [score is not None and score > reply_filter.threshold for score in scores]
+        notes = [f"a reply was withheld (toxicity {score:.2f})" for score, w in zip(scores, withheld) if w]
+        pending = {"prompt": prompt, "turns": turns, "replies": texts, "withheld": withheld, "scores": scores,
+                   "models": [m.name for m in models], "chosen": None, "rated": None}
+        yield "done", pending, notes
+
+    def done_line(pending: dict, notes: list[str]) -> str:
+        done = "Done." if not notes else "Done; " + "; ".join(notes) + "."
+        if len(pending["replies"]) == 1 and not pending["withheld"][0]:
+            done += " Rate the reply: good or bad?"
+        elif len(pending["replies"]) == 2 and not any(pending["withheld"]):
+            done += " Which reply is better?"
+        return done
+
+    # --------------------------------------------------------------------------------- the page
+    def page_round(message, history, system_prompt, temperature, top_p, max_new_tokens, compare_with):
+        """The Chatbots' updates for one round; in compare mode the columns take the replies in a random order."""
+        turns, order = [], [0]
+        for event in run_round(message, history, system_prompt, temperature, top_p, max_new_tokens, compare_with):
+            if event[0] == "turns":
+                turns = event[1]
+                yield {page.chat_a: gr.update(value=chat_messages(turns, ""), label=None),
+                       page.chat_b: chat_messages(turns, ""), page.message_box: "", page.status: "Generating…",
+                       page.history_state: history, page.pending_state: None}
+            elif event[0] == "texts":
+                texts = event[1]
+                if len(texts) == 2 and len(order) == 1:
+                    order = shuffle.sample([0, 1], 2)
+                shown = [generating_text(len(t)) if reply_filter else inert_markdown(t) for t in texts]
+                update = {page.chat_a: chat_messages(turns, shown[order[0]])}
+                if len(texts) == 2:
+                    update[page.chat_b] = chat_messages(turns, shown[order[1]])
+                yield update
+            else:
+                _, pending, notes = event
+                if len(pending["replies"]) == 2 and len(order) == 1:
+                    order = shuffle.sample([0, 1], 2)
+                pending["order"] = order
+                shown = [withheld_text(pending["scores"][i], reply_filter.threshold) if pending["withheld"][i]
+                         else inert_markdown(pending["replies"][i]) for i in range(len(pending["replies"]))]
+                blind = len(shown) == 2
+                yield {page.chat_a: gr.update(value=chat_messages(turns, shown[order[0]]),
+                                              label="Model A" if blind else "Conversation"),
+                       page.chat_b: gr.update(value=chat_messages(turns, shown[order[1]]) if blind else [],
+                                              label="Model B"),
+                       page.reveal: BLIND_NOTE, page.status: done_line(pending, notes), page.pending_state: pending}
+
+    def send_page(message, system_prompt, temperature, top_p, max_new_tokens, compare_with, history, pending):
+        if not (message or "").strip():
+            yield {page.status: "Type a message first."}
+            return
+        yield from page_round(message, committed(history or [], pending), system_prompt, temperature, top_p,
+                              max_new_tokens, compare_with)
+
+    def retry_page(system_prompt, temperature, top_p, max_new_tokens, compare_with, history, pending):
+        """A new reply (or pair) to the last message, in place of the last one."""
+        if not pending:
+            yield {page.status: "Nothing to retry yet: send a message first."}
+            return
+        yield from page_round(pending["turns"][-1]["content"], pending["turns"][:-1], system_prompt, temperature,
+                              top_p, max_new_tokens, compare_with)
+
+    def edit_page(system_prompt, temperature, top_p, max_new_tokens, compare_with, history, pending,
+                  edit: gr.EditData):
+        """The last user message, edited: the round runs again from it (earlier turns are not editable)."""
+        value = edit.value.get("text", edit.value.get("content", "")) if isinstance(edit.value, dict) else edit.value
+        if isinstance(value, list):
+            value = " ".join(str(part.get("text", part)) if isinstance(part, dict) else str(part) for part in value)
+        if not pending or edit.index != len(pending["turns"]) - 1 or not str(value or "").strip():
+            restore = chat_messages(pending["turns"]) if pending else chat_messages(history or [])
+            yield {page.chat_a: restore, page.chat_b: restore,
+                   page.status: "Only the last message can be edited (the conversation was restored)."}
+            return
+        yield from page_round(str(value), pending["turns"][:-1], system_prompt, temperature, top_p, max_new_tokens,
+                              compare_with)
+
+    settings_inputs = [page.system_box, page.temperature, page.top_p, page.max_tokens, page.picker,
+                       page.history_state, page.pending_state]
+    page_outputs = [page.chat_a, page.chat_b, page.reveal, page.status, page.history_state, page.pending_state,
+                    page.message_box]
+    # the progress timer goes on the status line, not over the replies as they stream
+    for trigger in (page.send_button.click, page.message_box.submit):
+        trigger(send_page, [page.message_box, *settings_inputs], page_outputs, api_visibility="private",
+                show_progress_on=page.status)
+    for chatbot in (page.chat_a, page.chat_b):
+        chatbot.retry(retry_page, settings_inputs, page_outputs, api_visibility="private", show_progress_on=page.status)
+        chatbot.edit(edit_page, settings_inputs, page_outputs, api_visibility="private", show_progress_on=page.status)
+
+    # ---------------------------------------------------------------------------------- the API
+    def send_api(message, system_prompt, temperature, top_p, max_new_tokens, compare_with, history, pending):
+        """Stream the reply (or two) to `message` as escaped HTML; model A's reply first, then model B's."""
+        if not (message or "").strip():
+            yield {page.status: "Type a message first."}
+            return
+        history = committed(history or [], pending)
+        shown, view = [], {}
+        for event in run_round(message, history, system_prompt, temperature, top_p, max_new_tokens, compare_with):
+            if event[0] == "turns":
+                view = {page.api_conversation: conversation_html(event[1]), page.api_reply_a: "",
+                        page.api_reply_b: "", page.message_box: "", page.status: "Generating…",
+                        page.history_state: history, page.pending_state: None}
+                yield view
+            elif event[0] == "texts":
+                shown = [generating_notice(len(t)) if reply_filter else text_html(t) for t in event[1]]
+                yield {page.api_reply_a: shown[0], page.api_reply_b: shown[1] if len(shown) > 1 else ""}
+            else:
+                _, pending, notes = event
+                shown = [withheld_notice(pending["scores"][i], reply_filter.threshold) if pending["withheld"][i]
+                         else text_html(pending["replies"][i]) for i in range(len(pending["replies"]))]
+                yield {**view, page.api_reply_a: shown[0], page.api_reply_b: shown[1] if len(shown) > 1 else "",
+                       page.status: done_line(pending, notes), page.pending_state: pending}  # all of it, at the end
+
+    page.api_send.click(send_api, [page.message_box, *settings_inputs],
+                        [page.api_conversation, page.api_reply_a, page.api_reply_b, page.status, page.history_state,
+                         page.pending_state, page.message_box], api_name="send", show_progress_on=page.status)
+
+    def clear():
+        return [], gr.update(value=[], label="Model B"), "", "", "", "New conversation.", [], None
+
+    cleared = [page.chat_a, page.chat_b, page.api_conversation, page.api_reply_a, page.api_reply_b, page.status,
+               page.history_state, page.pending_state]
+    page.clear_button.click(clear, None, cleared, api_name="clear")
+    for chatbot in (page.chat_a, page.chat_b):  # a Chatbot's own clear button starts over too
+        chatbot.clear(clear, None, cleared, api_visibility="private")
+
+
+def _wire_feedback(page: ChatPage, store: LabelStore, who: Callable) -> None:
+    """Thumbs on a single reply; a vote between columns A and B, recorded as a preference pair, then the reveal."""
+
+    def rate(rating: str, pending: dict | None, request: gr.Request | None):
+        name, auth = who(request)
+        if not pending or len(pending["replies"]) != 1:
+            return "Nothing to rate yet: send a message (without comparison) first.", pending
+        if pending["withheld"][0]:
+            return "A withheld reply cannot be rated.", pending
+        if pending.get("rated"):
+            return f"Already rated this reply ({pending['rated']}).", pending
+        feedback_id = store.add_feedback(pending["prompt"], pending["replies"][0], rating=rating, user=name,
+                                         model=pending["models"][0], auth=auth)
+        return f"Saved: {'good' if rating == 'up' else 'bad'} reply (feedback #{feedback_id}).", {**pending, "rated": rating}
+
+    def choose(column: int, pending: dict | None, request: gr.Request | None):
+        """Column A or B is better; the columns map to the models through the round's order (the API's: A, B)."""
+        name, auth = who(request)
+        if not pending or len(pending["replies"]) != 2:
+            return "Nothing to compare yet: pick a model under “Compare with” and send a message.", pending
+        if any(pending["withheld"]):
+            return "A withheld reply cannot be compared.", pending
+        order = pending.get("order") or [0, 1]
+        if pending.get("chosen") is not None:
+            return f"Already recorded: {'AB'[order.index(pending['chosen'])]} is better.", pending
+        index = order[column]
+        other = 1 - index
+        feedback_id = store.add_feedback(pending["prompt"], pending["replies"][index],
+                                         rejected=pending["replies"][other], user=name, auth=auth,
+                                         model=f"{pending['models'][index]} > {pending['models'][other]}")
+        return (f"Saved: {'AB'[column]} is better (feedback #{feedback_id}); it continues the conversation.",
+                {**pending, "chosen": index})
+
+    def reveal(pending: dict | None):
+        """After a vote: which model each column was."""
+        if not pending or len(pending["replies"]) != 2 or pending.get("chosen") is None:
+            return gr.update(), gr.update(), gr.update()
+        names = [pending["models"][i] for i in pending.get("order") or [0, 1]]
+        line = f"Model A was `{names[0]}` · Model B was `{names[1]}`."
+        return line, gr.update(label=f"Model A: {names[0]}"), gr.update(label=f"Model B: {names[1]}")
+
+    def thumbs_up_(pending, request: gr.Request):
+        return rate("up", pending, request)
+
+    def thumbs_down_(pending, request: gr.Request):
+        return rate("down", pending, request)
+
+    def choose_a_(pending, request: gr.Request):
+        return choose(0, pending, request)
+
+    def choose_b_(pending, request: gr.Request):
+        return choose(1, pending, request)
+
+    feedback_outputs = [page.status, page.pending_state]
+    page.thumbs_up.click(thumbs_up_, page.pending_state, feedback_outputs, api_name="thumbs_up")
+    page.thumbs_down.click(thumbs_down_, page.pending_state, feedback_outputs, api_name="thumbs_down")
+    for button, handler, api_name in ((page.choose_a, choose_a_, "choose_a"), (page.choose_b, choose_b_, "choose_b")):
+        button.click(handler, page.pending_state, feedback_outputs, api_name=api_name).then(
+            reveal, page.pending_state, [page.reveal, page.chat_a, page.chat_b], api_visibility="private")
+
+
+def _wire_picker(page: ChatPage, model: ChatModel, compare_model: Callable) -> None:
+    def pick(name: str | None):
+        try:
+            second = compare_model(name)
+            if second is not None:
+                second.load()
+        except AlignError as error:
+            raise gr.Error(str(error)) from error
+        on = second is not None
+        note = f"Comparing with {second.name}." if on else "Comparison off."
+        return (models_html(model, second) + page.settings_line, gr.update(visible=on), gr.update(visible=not on),
+                gr.update(visible=on), gr.update(visible=on, value=BLIND_NOTE),
+                gr.update(label="Model A" if on else "Conversation"), note)
+
+    page.picker.change(pick, page.picker, [page.model_info, page.column_b, page.thumbs_row, page.choose_row,
+                                           page.reveal, page.chat_a, page.status], api_visibility="private")
+
+
 def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None = None,
               runs_dir: str | Path = "runs", compare_choices: Sequence[str] = (),
               reply_filter: ToxicityFilter | None = None, user: str | None = None, loaded_models: int = 2,
-              settings: GenerationSettings = GenerationSettings(), title: str = "align · chat") -> gr.Blocks:
+              settings: GenerationSettings = GenerationSettings(), title: str = "align · chat",
+              seed: int | None = None) -> gr.Blocks:
     """The chat app for `model` (and optionally a second model to compare with), feedback into `store`.
 
     The compare picker offers `compare_names(...)` only; a name not on that list is refused without
     looking it up, and a picked model loads on first use, kept in a `ModelCache` of `loaded_models`.
     Feedback is credited to the signed-in account (serve it with `launch(..., login=...)`); `user`
     is for a server without sign-in (``--no-auth``, loopback only): its rows carry that name and
-    ``auth="none"``.
+    ``auth="none"``. `seed` fixes the page's random column order in compare mode (None: fresh).
     """
     offered = compare_names(model, compare, runs_dir, compare_choices)
     cache = ModelCache(lambda name: resolve_chat_model(name, runs_dir), size=loaded_models)
@@ -391,7 +740,7 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
 
     def who(request: gr.Request | None) -> tuple[str, str]:
         """The name feedback is credited to, and how it was known ("login" or "none")."""
-        name = getattr(request, "username", None)
+        name = signed_in_name(request)
         if name:
             return name, "login"
         if user is not None:
@@ -399,181 +748,19 @@ def build_app(model: ChatModel, *, store: LabelStore, compare: ChatModel | None 
         raise gr.Error("Not signed in.")
 
     filter_line = reply_filter.describe() if reply_filter else "off"
+    settings_line = notice_line(f"Output filter: {filter_line} · feedback goes to ", store_name(store))
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        history_state = gr.State([])  # the conversation so far (user/assistant turns, no system prompt)
-        pending_state = gr.State(None)  # the latest reply (or two) awaiting feedback
-
         gr.Markdown(f"## {html.escape(title)}")
-        settings_line = (f'<div class="align-model">Output filter: {html.escape(filter_line)} · feedback goes to '
-                         f"<code>{html.escape(store_name(store))}</code></div>")
-        model_info = gr.HTML(models_html(model, compare) + settings_line, elem_id="model-info")
-        with gr.Accordion("System prompt and generation settings", open=False):
-            system_box = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt",
-                                    placeholder="(optional) e.g. You are a helpful, harmless assistant.")
-            with gr.Row():
-                temperature_slider = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05,
-                                               label="Temperature (0 = greedy)", elem_id="temperature")
-                top_p_slider = gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p",
-                                         elem_id="top-p")
-                max_tokens_slider = gr.Slider(1, 1024, value=settings.max_new_tokens, step=1,
-                                              label="Max new tokens", elem_id="max-new-tokens")
-            picker = gr.Dropdown(picker_choices, value=compare.name if compare else "", label="Compare with",
-                                 elem_id="compare-with", allow_custom_value=False,
-                                 info="a second model whose replies appear beside model A's (the models "
-                                      "this server was started with)")
-        conversation = gr.HTML(elem_id="conversation", elem_classes=["align-reply"])
-        with gr.Row():
-            with gr.Column():
-                gr.Markdown("**Reply A**", elem_id="reply-a-title")
-                reply_a = gr.HTML(elem_id="reply-a", elem_classes=["align-reply"])
-            with gr.Column(visible=compare is not None) as column_b:
-                gr.Markdown("**Reply B**")
-                reply_b = gr.HTML(elem_id="reply-b", elem_classes=["align-reply"])
-        with gr.Row(visible=compare is None) as thumbs_row:
-            thumbs_up = gr.Button("▲ Good reply", elem_id="thumbs-up", size="sm")
-            thumbs_down = gr.Button("▼ Bad reply", elem_id="thumbs-down", size="sm")
-        with gr.Row(visible=compare is not None) as choose_row:
-            choose_a = gr.Button("A is better", elem_id="choose-a", size="sm")
-            choose_b = gr.Button("B is better", elem_id="choose-b", size="sm")
-        message_box = gr.Textbox(label="Message", placeholder="Type a message and press Enter", elem_id="message",
-                                 lines=1)
-        with gr.Row():
-            send_button = gr.Button("Send", variant="primary", elem_id="send")
-            clear_button = gr.Button("New conversation", elem_id="clear")
-        status = gr.Markdown(elem_id="status")
-
-        # ---------------------------------------------------------------------------- sending
-        def committed(history: list, pending: dict | None) -> list:
-            """The conversation with the latest reply joined in: the chosen one, else A (never a withheld one)."""
-            if not pending:
-                return list(history)
-            kept = [i for i, w in enumerate(pending["withheld"]) if not w]
-            if not kept:  # every reply withheld: the user's message leaves the conversation too
-                return list(history)
-            index = pending["chosen"] if pending.get("chosen") is not None else kept[0]
-            return list(pending["turns"]) + [{"role": "assistant", "content": pending["replies"][index]}]
-
-        def send(message, system_prompt, temperature, top_p, max_new_tokens, compare_with, history, pending):
-            """Stream the reply (or two) to `message`; yields the page's updates."""
-            if not (message or "").strip():
-                yield {status: "Type a message first."}
-                return
-            history = committed(history or [], pending)
-            turns = history + [{"role": "user", "content": message}]
-            prompt = ([{"role": "system", "content": system_prompt}] if (system_prompt or "").strip() else []) + turns
-            try:
-                second = compare_model(compare_with)
-            except AlignError as error:
-                raise gr.Error(str(error)) from error
-            chosen_models = [model] + ([second] if second is not None else [])
-            run_settings = GenerationSettings(float(temperature), float(top_p), int(max_new_tokens))
-            page = {conversation: conversation_html(turns), reply_a: "", reply_b: "", message_box: "",
-                    status: "Generating…", history_state: history, pending_state: None}
-            yield page
-            texts: list[str] = [""] * len(chosen_models)
-            try:
-                for texts in stream_replies(chosen_models, prompt, run_settings):
-                    shown = [generating_notice(len(t)) if reply_filter else text_html(t) for t in texts]
-                    yield {reply_a: shown[0], reply_b: shown[1] if len(shown) > 1 else ""}
-            except AlignError as error:
-                raise gr.Error(str(error)) from error
-            withheld, shown, notes = [], [], []
-            for text in texts:
-                score = reply_filter.score(text) if reply_filter else None
-                blocked = score is not None and score > reply_filter.threshold
-                withheld.append(blocked)
-                shown.append(withheld_notice(score, reply_filter.threshold) if blocked else text_html(text))
-                if blocked:
-                    notes.append(f"a reply was withheld (toxicity {score:.2f})")
-            new_pending = {"prompt": prompt, "turns": turns, "replies": texts, "withheld": withheld,
-                           "models": [m.name for m in chosen_models], "chosen": None, "rated": None}
-            done = "Done." if not notes else "Done; " + "; ".join(notes) + "."
-            if len(texts) == 1 and not withheld[0]:
-                done += " Rate the reply: good or bad?"
-            elif len(texts) == 2 and not any(withheld):
-                done += " Which reply is better?"
-            yield {**page, reply_a: shown[0], reply_b: shown[1] if len(shown) > 1 else "", status: done,
-                   pending_state: new_pending}  # the whole page, so an API caller's result has it all
-
-        send_inputs = [message_box, system_box, temperature_slider, top_p_slider, max_tokens_slider, picker,
-                       history_state, pending_state]
-        send_outputs = [conversation, reply_a, reply_b, status, history_state, pending_state, message_box]
-        # the progress timer goes on the status line, not over the replies as they stream
-        send_button.click(send, send_inputs, send_outputs, api_name="send", show_progress_on=status)
-        message_box.submit(send, send_inputs, send_outputs, api_visibility="private", show_progress_on=status)
-
-        def clear():
-            return "", "", "", "New conversation.", [], None
-
-        clear_button.click(clear, None, [conversation, reply_a, reply_b, status, history_state, pending_state],
-                           api_name="clear")
-
-        # --------------------------------------------------------------------------- feedback
-        def rate(rating: str, pending: dict | None, request: gr.Request | None):
-            name, auth = who(request)
-            if not pending or len(pending["replies"]) != 1:
-                return "Nothing to rate yet: send a message (without comparison) first.", pending
-            if pending["withheld"][0]:
-                return "A withheld reply cannot be rated.", pending
-            if pending.get("rated"):
-                return f"Already rated this reply ({pending['rated']}).", pending
-            feedback_id = store.add_feedback(pending["prompt"], pending["replies"][0], rating=rating, user=name,
-                                             model=pending["models"][0], auth=auth)
-            return f"Saved: {'good' if rating == 'up' else 'bad'} reply (feedback #{feedback_id}).", {**pending, "rated": rating}
-
-        def choose(index: int, pending: dict | None, request: gr.Request | None):
-            name, auth = who(request)
-            if not pending or len(pending["replies"]) != 2:
-                return "Nothing to compare yet: pick a model under “Compare with” and send a message.", pending
-            if any(pending["withheld"]):
-                return "A withheld reply cannot be compared.", pending
-            if pending.get("chosen") is not None:
-                return f"Already recorded: {'AB'[pending['chosen']]} is better.", pending
-            other = 1 - index
-            feedback_id = store.add_feedback(pending["prompt"], pending["replies"][index],
-                                             rejected=pending["replies"][other], user=name, auth=auth,
-                                             model=f"{pending['models'][index]} > {pending['models'][other]}")
-            return (f"Saved: {'AB'[index]} is better (feedback #{feedback_id}); it continues the conversation.",
-                    {**pending, "chosen": index})
-
-        feedback_outputs = [status, pending_state]
-        def thumbs_up_(pending, request: gr.Request):
-            return rate("up", pending, request)
-
-        def thumbs_down_(pending, request: gr.Request):
-            return rate("down", pending, request)
-
-        def choose_a_(pending, request: gr.Request):
-            return choose(0, pending, request)
-
-        def choose_b_(pending, request: gr.Request):
-            return choose(1, pending, request)
-
-        thumbs_up.click(thumbs_up_, pending_state, feedback_outputs, api_name="thumbs_up")
-        thumbs_down.click(thumbs_down_, pending_state, feedback_outputs, api_name="thumbs_down")
-        choose_a.click(choose_a_, pending_state, feedback_outputs, api_name="choose_a")
-        choose_b.click(choose_b_, pending_state, feedback_outputs, api_name="choose_b")
-
-        # ----------------------------------------------------------------------- compare pick
-        def pick(name: str | None):
-            try:
-                second = compare_model(name)
-                if second is not None:
-                    second.load()
-            except AlignError as error:
-                raise gr.Error(str(error)) from error
-            on = second is not None
-            note = f"Comparing with {second.name}." if on else "Comparison off."
-            return (models_html(model, second) + settings_line, gr.update(visible=on), gr.update(visible=not on),
-                    gr.update(visible=on), note)
-
-        picker.change(pick, picker, [model_info, column_b, thumbs_row, choose_row, status],
-                      api_visibility="private")
+        page = _settings_section(model, compare, settings, picker_choices, settings_line)
+        _conversation_section(page, compare)
+        _wire_sending(page, model, compare_model, reply_filter, random.Random(seed))
+        _wire_feedback(page, store, who)
+        _wire_picker(page, model, compare_model)
     return app
 
 
 # ----------------------------------------------------------------------------------------- server
-def launch(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT,
+def launch(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
            login: GuardedLogin | None = None, tls: TLSFiles | None = None, block: bool = False,
            quiet: bool = True) -> str:
     """Start `app` on host:port, signing people in through `login` (None only for --no-auth on a
@@ -588,7 +775,7 @@ def launch(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = DEFAUL
 
 def serve(model_spec: str | None = None, *, compare: str | None = None, compare_choices: Sequence[str] = (),
           store: str | None = None, runs_dir: str | Path = "runs", host: str = "127.0.0.1",
-          port: int = DEFAULT_PORT, filter_threshold: float | None = None, scorer: str = "offline",
+          port: int | None = None, filter_threshold: float | None = None, scorer: str = "offline",
           no_auth: bool = False, user: str | None = None, tls: TLSFiles | None = None,
           block: bool = True) -> gr.Blocks:
     """Resolve and load the model(s), open the label store, and serve the chat app.

@@ -51,3 +51,26 @@ def running_chat(model: str | ChatModel, store, *, compare: str | None = None, r
         yield url.rstrip("/")
     finally:
         app.close()
+
+
+class ScriptedModel(ChatModel):
+    """The tiny model's tokenizer and transformers' real `TextIteratorStreamer`, but the reply is `script`:
+    its tokens are fed to the streamer one at a time (`delay_s` apart), as `generate` would. For tests that need
+    a reply with given markdown or markup in it, which a random tiny model does not write."""
+
+    def __init__(self, model_dir, script: str, *, name: str | None = None, delay_s: float = 0.05):
+        super().__init__(name=name or str(model_dir), source=str(model_dir))
+        self.script, self.delay_s = script, delay_s
+
+    def generate(self, messages, settings, streamer) -> None:
+        import time
+
+        import torch
+
+        self.load()
+        ids = self.tokenizer(self.script, add_special_tokens=False)["input_ids"]
+        streamer.put(torch.tensor([[0]]))  # the prompt, which the streamer skips
+        for token in ids:
+            time.sleep(self.delay_s)
+            streamer.put(torch.tensor([token]))
+        streamer.end()
