@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from align.logprobs import eval_mode
 from align.prompt_cache import encode_prompts
 
 Messages = list[dict]
@@ -72,10 +73,8 @@ def generate_replies(
         kwargs.update(temperature=temperature, top_p=top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    was_training = model.training
-    model.eval()
     torch.manual_seed(seed)
-    try:
+    with eval_mode(model):
         with tqdm(total=len(prompts) * n, desc=desc, unit="reply", disable=not progress, leave=False) as bar:
             for chunk in even_chunks(order, batch_size // n):
                 if own_sampler:  # each reply draws from its own generator, seeded by (seed, prompt, sample)
@@ -91,6 +90,4 @@ def generate_replies(
                 for row, tokens in enumerate(new_tokens):
                     replies[chunk[row // n]].append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
                 bar.update(len(new_tokens))
-    finally:
-        model.train(was_training)
     return replies

@@ -190,16 +190,16 @@ def score(conversations: Sequence[Conversation], model=None, batch_size: int = 8
     import torch
     from tqdm.auto import tqdm
 
+    from align.logprobs import eval_mode
+
     rm = _as_reward_model(model)
     net, tokenizer = rm.model, rm.tokenizer
     device = next(net.parameters()).device
     pad = net.config.pad_token_id if net.config.pad_token_id is not None else tokenizer.pad_token_id
     positions = getattr(net.config, "max_position_embeddings", None)  # encoders (BERT: 512) cannot read further
     limit = min(x for x in (max_length, positions) if x) if (max_length or positions) else None
-    was_training = net.training
-    net.eval()
     rewards: list[float] = []
-    try:
+    with eval_mode(net):
         for start in tqdm(range(0, len(conversations), batch_size), desc="scoring", unit="batch",
                           disable=not progress, leave=False):
             chunk = conversations[start:start + batch_size]
@@ -216,8 +216,6 @@ def score(conversations: Sequence[Conversation], model=None, batch_size: int = 8
             with torch.no_grad():
                 logits = net(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
             rewards.extend(float(x) for x in logits[:, 0].float().cpu())
-    finally:
-        net.train(was_training)
     if rm.length_coef:
         from align.reward_diagnostics import reply_length
 

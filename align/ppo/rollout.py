@@ -62,18 +62,15 @@ def sample(lm, tokenizer, prompts: list[Messages], *, max_new_tokens: int, tempe
     from transformers import GenerationConfig
 
     from align.generate import chat_inputs
+    from align.logprobs import eval_mode
 
     device = next(lm.parameters()).device
     inputs = chat_inputs(tokenizer, prompts, device)
     config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=True,
                               temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=stop_ids, use_cache=True)
-    was_training = lm.training
-    lm.eval()
-    try:
+    with eval_mode(lm):
         out = lm.generate(**inputs, generation_config=config)
-    finally:
-        lm.train(was_training)
     query_width = inputs["input_ids"].shape[1]
     reply_ids = out[:, query_width:]
     mask, ended = reply_mask_after_stop(reply_ids, stop_ids)
