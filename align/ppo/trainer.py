@@ -32,6 +32,9 @@ import torch
 from torch import nn
 
 from align.ppo import core
+from align.ppo.settings import PPOSettings  # noqa: F401  (the loop's settings; re-exported)
+from align.paths import move_into_place
+from align.training import REWARD_PLOT, save_history
 from align.ppo.rollout import Messages, RewardFunction, Rollout, sample, stop_token_ids
 
 STATE_FILE = "ppo_state.pt"
@@ -125,51 +128,6 @@ def disable_dropout(*models) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ options
-
-
-@dataclass
-class PPOSettings:
-    """What the loop reads (the stage fills it from the recipe's `ppo` section; tests build it directly)."""
-
-    max_steps: int = 10
-    batch_size: int = 16
-    mini_batch_size: int = 8
-    grad_accum: int = 1
-    ppo_epochs: int = 4
-    lr: float = 1e-5
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    adam_eps: float = 1e-5
-    max_new_tokens: int = 48
-    temperature: float = 0.7
-    kl_coef: float = 0.05
-    adaptive_kl: bool = True
-    kl_target: float = 6.0
-    kl_horizon: float = 10000.0
-    kl_estimator: str = "k1"
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    normalize_reward: bool = True
-    reward_clip: float = 0.0
-    whiten_rewards: bool = False
-    missing_eos_score: float | None = -1.0
-    length_penalty: float = 0.0
-    logging_steps: int = 1
-    save_steps: int = 10
-    save_total_limit: int = 2
-    seed: int = 42
-
-    @classmethod
-    def from_options(cls, options, seed: int, max_steps: int) -> "PPOSettings":
-        names = {f for f in cls.__dataclass_fields__}
-        values = {name: getattr(options, name) for name in names if name in options}
-        values.update(seed=seed, max_steps=max_steps)
-        return cls(**values)
 
 
 @dataclass
@@ -390,7 +348,7 @@ class PPOTrainer:
             if writer is not None:
                 writer.close()
         if self.logs_dir is not None:
-            save_history(self.history, self.logs_dir)
+            save_history(self.history, self.logs_dir, REWARD_PLOT)
         return summarize(self.history, time.perf_counter() - started)
 
     # --------------------------------------------------------------------------------------- logging
@@ -431,8 +389,7 @@ class PPOTrainer:
                     "reward_norm": self.reward_norm, "history": self.history}, tmp / STATE_FILE)
         (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "kl_coef": self.kl.value},
                                                            indent=1), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        move_into_place(tmp, final)
         kept = sorted((p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                       key=lambda p: int(p.name.split("-")[-1]))
         for old in kept[:-max(1, self.settings.save_total_limit)]:
@@ -478,29 +435,3 @@ def summarize(history: list[dict], wall_s: float) -> dict:
             "train_reply_length_first": mean(first, "reply_length"),
             "train_reply_length_last": mean(last, "reply_length"),
             "kl_coef_last": history[-1]["kl_coef"], "train_wall_s": round(wall_s, 1)}
-
-
-def save_history(history: list[dict], logs_dir: Path) -> None:
-    """history.json, and reward.png (mean reward and KL per step) beside the TensorBoard logs."""
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    (logs_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
-    left.plot(steps, [h["reward"] for h in history], marker=".")
-    left.set_xlabel("step")
-    left.set_ylabel("mean reward")
-    right.plot(steps, [h["kl"] for h in history], marker=".", color="tab:orange")
-    right.set_xlabel("step")
-    right.set_ylabel("KL to the reference (per reply)")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(logs_dir / "reward.png", dpi=100)
-    plt.close(fig)
