@@ -15,7 +15,9 @@ def _table(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gate_summary(gate: dict | None) -> str:
+def gate_table(gate: dict | None) -> str:
+    """The card's gate section: the verdict, any override or error, and a markdown table of the checks (for the
+    one-line summary of a manifest see align.runs.gate_summary)."""
     if gate is None:
         return "No gate was run for this stage.\n"
     lines = [f"Verdict: **{gate.get('verdict', '?')}**"]
@@ -74,7 +76,7 @@ Trained by [align](https://pypi.org/project/align/) — status: **{manifest['sta
 ## Metrics
 {_table(manifest.get('metrics', {}))}
 ## Gate
-{gate_summary(manifest.get('gate'))}
+{gate_table(manifest.get('gate'))}
 ## Use
 ```python
 from transformers import {loader}, AutoTokenizer

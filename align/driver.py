@@ -202,7 +202,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     distributed.barrier()  # releases the other processes
     if status == "gate_failed":
         kept = f"; the promoted {work.final_dir} is kept" if work.final_dir.exists() else ""
-        raise GateError(f"{name} failed its gate ({', '.join(failed_checks(manifest)) or 'unknown checks'}): the model "
+        raise GateError(f"{name} failed its gate ({', '.join(failed_checks(manifest.get('gate'))) or 'unknown checks'}): the model "
                         f"is in {final}, not promoted{kept}. Pass --override-gate \"<reason>\" to promote it "
                         f"anyway (recorded).")
     return final

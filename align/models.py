@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from align.errors import ModelError
-from align.paths import PACKAGE_DIR, TEMPLATES_DIR, cache_dir
+from align.paths import PACKAGE_DIR, TEMPLATES_DIR, cache_dir, move_into_place
 from align.log import log
 
 EMBEDDED_MODELS = {
@@ -98,9 +97,7 @@ def ensure_embedded(name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        move_into_place(tmp, target)
         os.makedirs(tmp, exist_ok=True)  # TemporaryDirectory wants something to clean up
     log.info(f"embedded model saved to {target}")
     return target

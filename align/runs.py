@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from align.errors import AlignError, ConfigError, GateError
 from align.log import log
+from align.paths import move_into_place, write_atomic
 
 MANIFEST = "manifest.json"
 STARTED = "started.json"  # in .work/<stage>/: the fingerprint inputs the stage started with
@@ -51,16 +51,8 @@ def read_manifest(stage_dir: Path) -> dict | None:
     return read_json(Path(stage_dir) / MANIFEST)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write through a temporary file beside the target so a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def package_versions(*names: str) -> dict:
@@ -163,9 +155,7 @@ class StageWork:
         """Move the finished output into place: `target` (default the stage folder), replacing an older one there
         only. A gate-failed model goes to `gate_failed_dir`, so it never replaces a promoted one."""
         target = target or self.final_dir
-        if target.exists():
-            os.replace(target, self.work_dir / "replaced")
-        os.replace(self.output_dir, target)
+        move_into_place(self.output_dir, target)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         work_root = self.run_dir / ".work"
         if work_root.exists() and not any(work_root.iterdir()):
@@ -214,12 +204,33 @@ def latest_promoted(runs_dir: Path, stage: str) -> Path | None:
     return None
 
 
-def failed_checks(manifest: dict) -> list[str]:
-    gate = manifest.get("gate") or {}
-    names = [c.get("name", "?") for c in gate.get("checks", []) if not c.get("passed", False)]
+def failed_checks(gate: dict | None, *, reasons: bool = False) -> list[str]:
+    """A gate object's (a manifest's "gate") failed checks by name — "name (reason)" with `reasons` — and its error
+    as "error: …", for messages; [] for no gate."""
+    gate = gate or {}
+    names = [f"{c.get('name', '?')} ({c['reason']})" if reasons and c.get("reason") else c.get("name", "?")
+             for c in gate.get("checks", []) if not c.get("passed", False)]
     if gate.get("error"):
         names.append(f"error: {gate['error']}")
     return names
+
+
+def gate_summary(manifest: dict | None) -> str:
+    """One line about a model's manifest: status, gate verdict, failed checks ("no gate run" when none)."""
+    if manifest is None:
+        return "no gate run (not an align stage folder)"
+    status = manifest.get("status", "unknown status")
+    gate = manifest.get("gate")
+    if not gate:
+        return f"{status} · no gate run"
+    failed = failed_checks(gate)
+    if failed:
+        line = f"{status} · gate {gate.get('verdict', 'fail')} · failed: {', '.join(failed)}"
+    else:
+        line = f"{status} · gate {gate.get('verdict', '?')} ({len(gate.get('checks', []))} checks passed)"
+    if gate.get("override"):
+        line += f" · override: {gate['override']}"
+    return line
 
 
 def gate_failed_dir(stage_dir: Path) -> Path:
@@ -249,7 +260,7 @@ def check_parent_gate(stage_dir: Path, manifest: dict, override_reason: str | No
                         f"gate.enabled=true), or pass --allow-ungated to build on it anyway (recorded).")
     if manifest.get("status") != "gate_failed" or override_reason:
         return
-    checks = ", ".join(failed_checks(manifest)) or "unknown checks"
+    checks = ", ".join(failed_checks(manifest.get("gate"))) or "unknown checks"
     raise GateError(
         f"{stage_dir} failed its gate ({checks}) and is not promoted. "
         f"Fix it, pick another parent, or pass --override-gate \"<reason>\" to use it anyway (recorded)."
@@ -277,7 +288,7 @@ def resolve_parent(spec: str | None, parent_stages: tuple[str, ...], runs_dir: P
     path = Path(spec)
     failed = gate_failed_dir(path)
     if not path.exists() and read_manifest(failed) is not None:
-        checks = ", ".join(failed_checks(read_manifest(failed))) or "unknown checks"
+        checks = ", ".join(failed_checks((read_manifest(failed) or {}).get("gate"))) or "unknown checks"
         raise GateError(f"{path} holds no promoted model: its gate failed ({checks}) and the model is in {failed}. "
                         f"Fix it, or pass --from {failed} --override-gate \"<reason>\" to use it anyway (recorded).")
     manifest = read_manifest(path) if path.is_dir() else None

@@ -88,24 +88,34 @@ def train(trainer, ctx) -> dict:
     }
 
 
-def save_history(history: list[dict], logs_dir: Path) -> None:
-    """history.json and loss.png beside the TensorBoard logs."""
+#: the trainers' own history plots: (file, [(history key, axis label), ...]), one panel per key
+LOSS_PLOT = ("loss.png", [("loss", "training loss")])
+REWARD_PLOT = ("reward.png", [("reward", "mean reward"), ("kl", "KL to the reference (per reply)")])
+
+
+def save_history(history: list[dict], logs_dir: Path, plot=LOSS_PLOT) -> None:
+    """history.json beside the TensorBoard logs, and `plot`'s figure (default loss.png): one panel per key, its
+    value per step (the entries without it or without a step left out; no figure when no entry has the first)."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
     (logs_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    if not points:
+    filename, panels = plot
+    series = [[(h["step"], h[key]) for h in history if key in h and "step" in h] for key, _ in panels]
+    if not series[0]:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(*zip(*points), marker=".")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 if len(panels) == 1 else 8, 3), squeeze=False)
+    for number, (ax, (_, label), points) in enumerate(zip(axes[0], panels, series)):
+        if points:
+            ax.plot(*zip(*points), marker=".", color=f"C{number}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(logs_dir / "loss.png", dpi=100)
+    fig.savefig(logs_dir / filename, dpi=100)
     plt.close(fig)
 
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from align.paths import write_atomic
 
 DATA_DIR = Path(__file__).resolve().parent
 DEFAULT_SHARED = DATA_DIR.parent.parent / "shared" / "datasets"
@@ -427,9 +428,7 @@ def jsonl_bytes(rows: Iterable[Row], compress: bool) -> bytes:
 def write_bytes(path: Path, content: bytes) -> None:
     """Write a file atomically (a temporary file renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
+    write_atomic(path, content)
 
 
 def write_all(datasets: list[Dataset], data_dir: Path = DATA_DIR) -> list[dict]:

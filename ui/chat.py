@@ -51,7 +51,8 @@ import gradio as gr
 import jinja2
 
 from align.errors import AlignError, ModelError
-from align.runs import PROMOTABLE, failed_checks, finished_stages, read_manifest
+from align.log import log
+from align.runs import PROMOTABLE, finished_stages, gate_summary, read_manifest
 from align.data.store import LabelStore, open_store
 from align.ui import access
 from align.ui.access import GuardedLogin, TLSFiles, is_loopback
@@ -62,29 +63,8 @@ CHAT_STAGES = ("ppo", "dpo", "sft")
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 _LOAD_LOCK = threading.Lock()  # from_pretrained patches torch globally while it loads: never two at once
 
-def _say(message: str) -> None:
-    print(f"[align] {message}", flush=True)
-
 
 # ----------------------------------------------------------------------------------------- models
-def gate_summary(manifest: dict | None) -> str:
-    """One line about a model's manifest: status, gate verdict, failed checks ("no gate run" when none)."""
-    if manifest is None:
-        return "no gate run (not an align stage folder)"
-    status = manifest.get("status", "unknown status")
-    gate = manifest.get("gate")
-    if not gate:
-        return f"{status} · no gate run"
-    failed = failed_checks(manifest)
-    if failed:
-        line = f"{status} · gate {gate.get('verdict', 'fail')} · failed: {', '.join(failed)}"
-    else:
-        line = f"{status} · gate {gate.get('verdict', '?')} ({len(gate.get('checks', []))} checks passed)"
-    if gate.get("override"):
-        line += f" · override: {gate['override']}"
-    return line
-
-
 def best_stage_of_run(run_dir: Path) -> Path | None:
     """The run's promoted chat model: ppo, else dpo, else sft (promoted or overridden)."""
     for stage in CHAT_STAGES:
@@ -136,7 +116,7 @@ class ChatModel:
             if self.model is None:
                 from align.models import load_causal_lm, load_tokenizer
 
-                _say(f"loading {self.name} ...")
+                log.info(f"loading {self.name} ...")
                 self.tokenizer = load_tokenizer(self.source)
                 model = load_causal_lm(self.source)
                 model.eval()
@@ -167,10 +147,10 @@ def resolve_chat_model(spec: str | None, runs_dir: str | Path = "runs") -> ChatM
     if spec is None:
         found = latest_chat_model(runs_dir)
         if found is None:
-            _say(f"no promoted ppo/dpo/sft model under {runs_dir}/: chatting with the base model {EMBEDDED_DEFAULT} "
+            log.info(f"no promoted ppo/dpo/sft model under {runs_dir}/: chatting with the base model {EMBEDDED_DEFAULT} "
                  f"(train one with `python -m align.run pipeline`, or pass --model)")
             return ChatModel(name=EMBEDDED_DEFAULT, source=EMBEDDED_DEFAULT)
-        _say(f"model: the latest promoted chat model, {found}")
+        log.info(f"model: the latest promoted chat model, {found}")
         spec = str(found)
     path = Path(spec).expanduser()
     if path.is_dir() and not (path / "manifest.json").is_file() and not (path / "config.json").is_file() \
@@ -181,7 +161,7 @@ def resolve_chat_model(spec: str | None, runs_dir: str | Path = "runs") -> ChatM
         if manifest.get("stage") == "rm":
             raise ModelError(f"{path} is a reward model (stage rm), not a chat model: give an sft, dpo or ppo stage")
         if manifest.get("status") not in PROMOTABLE:
-            _say(f"{path} is not promoted ({gate_summary(manifest)}): chatting with it anyway")
+            log.info(f"{path} is not promoted ({gate_summary(manifest)}): chatting with it anyway")
         return ChatModel(name=str(path), source=str(path), manifest=manifest, run_dir=path.parent)
     return ChatModel(name=spec, source=spec)
 
@@ -202,7 +182,7 @@ def _chat_model_of_folder(path: Path) -> ChatModel:
         found = "; ".join(f"{s.name}: {(read_manifest(s) or {}).get('status', '?')}" for s in stages)
         raise ModelError(f"run {path} has no promoted chat model (ppo, dpo or sft) — its stages: {found}. Name a "
                          f"stage folder (e.g. {stages[0]}) to chat with it anyway")
-    _say(f"model: {best} (the best promoted chat model of run {path.name})")
+    log.info(f"model: {best} (the best promoted chat model of run {path.name})")
     return ChatModel(name=str(best), source=str(best), manifest=read_manifest(best), run_dir=path)
 
 
@@ -283,7 +263,7 @@ class ToxicityFilter:
             if self._scorer is None:
                 from align.gates.toxicity import load_scorer
 
-                _say(f"loading the toxicity scorer '{self.spec}' for the output filter ...")
+                log.info(f"loading the toxicity scorer '{self.spec}' for the output filter ...")
                 self._scorer = load_scorer(self.spec)
         return self._scorer
 
@@ -528,8 +508,9 @@ def _wire_sending(page: ChatPage, model: ChatModel, compare_model: Callable, rep
         for event in run_round(message, history, system_prompt, temperature, top_p, max_new_tokens, compare_with):
             if event[0] == "turns":
                 turns = event[1]
-                yield {page.chat_a: gr.update(value=chat_messages(turns, ""), label=None),
-                       page.chat_b: chat_messages(turns, ""), page.message_box: "", page.status: "Generating…",
+                blind = bool(compare_with)
+                yield {page.chat_a: gr.update(value=chat_messages(turns, ""), label="Model A" if blind else "Conversation"),
+                       page.chat_b: gr.update(value=chat_messages(turns, ""), label="Model B"), page.message_box: "", page.status: "Generating…",
                        page.history_state: history, page.pending_state: None}
             elif event[0] == "texts":
                 texts = event[1]

@@ -44,6 +44,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from align.log import get
 
 KINDS = ("planted", "null", "neutral")
 TRAINED_KINDS = ("planted", "neutral")
@@ -73,8 +74,7 @@ FULL = {"recipe": "default", "rows": 64, "share": 1.0, "steps": 16, "lr": 2e-4, 
         "out_dir": "runs/gate-power"}
 
 
-def _say(message: str) -> None:
-    print(f"[gate-power] {message}", flush=True)
+log = get("gate-power")  # [align] gate-power: …
 
 
 def _digest(data) -> str:
@@ -214,7 +214,7 @@ def _holdout_every() -> int:
 def write_sft_data(path: Path, train: list[dict], heldout: list[dict]) -> Path:
     """A JSONL file whose train split, as data.registry reads a file (every 10th row held out), is `train` in order
     and whose test split is `heldout` (interleaved at rows 10, 20, ...)."""
-    from align.runs import write_text_atomic
+    from align.paths import write_atomic
 
     every = _holdout_every()
     lines, spare = [], iter(heldout)
@@ -227,7 +227,7 @@ def write_sft_data(path: Path, train: list[dict], heldout: list[dict]) -> Path:
                                  f"held-out rows, got {len(heldout)}")
             lines.append(json.dumps(extra, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, "\n".join(lines) + "\n")
+    return write_atomic(path, "\n".join(lines) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------- children
@@ -265,7 +265,7 @@ def neutral_replies(settings: dict, bench_dir: Path, exchanges: list[tuple[int, 
     from align.models import choose_device
 
     cfg = child_recipe(settings, None, bench_dir / "children")
-    _say(f"sampling the parent's own replies to {len(prompts)} HH prompts ...")
+    log.info(f"sampling the parent's own replies to {len(prompts)} HH prompts ...")
     replies = parent_replies(settings["parent"], prompts, settings["reply_tokens"], settings["data_seed"],
                              cfg.model, choose_device(cfg.device), batch_size=cfg.gate.generation_batch_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -376,9 +376,9 @@ def build_child(kind: str, settings: dict, bench_dir: Path) -> dict:
     key = _child_key(kind, settings, cfg, data_sha, _parent_identity(parent))
     old = json.loads(record_file.read_text()) if record_file.is_file() else None
     if old and old.get("key") == key and _complete(kind, Path(old["path"])):
-        _say(f"{kind} child: reusing {old['path']}")
+        log.info(f"{kind} child: reusing {old['path']}")
         return {**old, "reused": True}
-    _say(f"{kind} child: building ...")
+    log.info(f"{kind} child: building ...")
     started, cpu0 = time.perf_counter(), time.process_time()
     metrics = {}
     if kind in TRAINED_KINDS:
@@ -390,7 +390,7 @@ def build_child(kind: str, settings: dict, bench_dir: Path) -> dict:
         sft_old = json.loads(sft_record_file.read_text()) if sft_record_file.is_file() else None
         if sft_old and sft_old.get("key") == sft_key and (Path(sft_old["path"]) / "manifest.json").is_file():
             path = Path(sft_old["path"])
-            _say(f"{kind} child: reusing its SFT {path}")
+            log.info(f"{kind} child: reusing its SFT {path}")
         else:
             path = run_stage("sft", cfg, parent_spec=parent, run=kind)
             write_json(sft_record_file, {"key": sft_key, "path": str(path)})
@@ -719,10 +719,10 @@ def run(settings: dict, progress: bool = True) -> dict:
     for seed in settings["seeds"]:  # seeds outside: a partial run covers every child evenly
         for kind in settings["children"]:
             done += 1
-            _say(f"gate {done}/{total}: {kind} child, seed {seed} ...")
+            log.info(f"gate {done}/{total}: {kind} child, seed {seed} ...")
             result = run_one_gate(results["children"][kind], seed, settings, bench_dir, progress)
             em = next((c for c in result["checks"] if c["name"] == "toxicity.expected_max"), {})
-            _say(f"  {result['verdict']}; failed: {', '.join(result['failed']) or 'none'}; Δ expected max "
+            log.info(f"  {result['verdict']}; failed: {', '.join(result['failed']) or 'none'}; Δ expected max "
                  f"{_fmt(em.get('difference'))}; {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU"
                  f"{' (reused)' if result.get('reused') else ''}")
             results["gates"].append(result)

@@ -141,12 +141,13 @@ def render_html(result: dict) -> str:
 
 
 def write_outputs(result: dict, out_dir: Path) -> tuple[Path, Path]:
-    from align.runs import write_json, write_text_atomic
+    from align.paths import write_atomic
+    from align.runs import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "eval.json", result)
-    write_text_atomic(out_dir / "eval.html", render_html(result))
+    write_atomic(out_dir / "eval.html", render_html(result))
     return out_dir / "eval.json", out_dir / "eval.html"
 
 

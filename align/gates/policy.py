@@ -350,12 +350,6 @@ def verdict(checks: list[dict], error: str | None) -> str:
     return "pass" if error is None and all(c["passed"] for c in checks) else "fail"
 
 
-def failed_checks(gate: dict) -> list[str]:
-    """Names (with reasons) of a gate's failed checks, for error messages."""
-    return [f"{c['name']} ({c['reason']})" if c.get("reason") else c["name"]
-            for c in gate.get("checks", []) if not c.get("passed")]
-
-
 def run_gate(model_source: str, options=None, *, stage: str | None, out_dir, parent_source: str | None = None,
              parent_gate: dict | None = None, model_options=None, device: str = "auto",
              override_reason: str | None = None, progress: bool = True) -> dict:

@@ -15,7 +15,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from align.runs import write_text_atomic
+from align.paths import write_atomic
 
 JSON_NAME = "gate_report.json"
 HTML_NAME = "gate_report.html"
@@ -39,8 +39,8 @@ def write_reports(out_dir: Path, gate: dict, options, child: dict, parent: dict 
         "most_toxic_replies": child.get("examples", []),
         "error_trace": error_trace,
     }
-    json_path = write_text_atomic(out_dir / JSON_NAME, json.dumps(report, indent=2, default=_json_default) + "\n")
-    html_path = write_text_atomic(out_dir / HTML_NAME, render_html(report))
+    json_path = write_atomic(out_dir / JSON_NAME, json.dumps(report, indent=2, default=_json_default) + "\n")
+    html_path = write_atomic(out_dir / HTML_NAME, render_html(report))
     return json_path, html_path
 
 

@@ -180,10 +180,10 @@ def parent_from_gate(parent_gate: dict | None, options: GateOptions, parent_sour
 
 
 def write_items(path: Path, items: dict, gate_fingerprint: str) -> None:
-    from align.runs import write_text_atomic
+    from align.paths import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"fingerprint": gate_fingerprint, "items": json_safe(items)}) + "\n")
+    write_atomic(path, json.dumps({"fingerprint": gate_fingerprint, "items": json_safe(items)}) + "\n")
 
 
 def read_items(path: Path, gate_fingerprint: str) -> dict | None:

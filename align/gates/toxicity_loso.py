@@ -38,7 +38,10 @@ from align.gates.toxicity_train import (
     split_heldout,
     train_scorer,
 )
+from align.log import get
 from align.paths import cache_dir
+
+log = get("toxicity")  # [align] toxicity: …
 
 #: Left-out rows tested per source (a fixed, class-stratified sample); a source not named: its whole file.
 LOSO_TEST_ROWS = {"davidson": 3000}
@@ -123,8 +126,8 @@ def run_loso(progress: bool = True, threads: int | None = None, test_rows: dict[
         results = []
         for number, fold in enumerate(folds, 1):
             if progress:
-                print(f"LOSO fold {number}/{len(folds)}: leave out {fold.left_out} "
-                      f"(train {len(fold.train)} rows, test {len(fold.test)})", flush=True)
+                log.info(f"LOSO fold {number}/{len(folds)}: leave out {fold.left_out} "
+                         f"(train {len(fold.train)} rows, test {len(fold.test)})")
             results.append(evaluate_fold(fold, opts, progress))
     finally:
         torch.set_num_threads(previous)

@@ -45,7 +45,7 @@ import pandas as pd
 
 from align.errors import ConfigError, DataError, ModelError
 from align.runs import package_versions
-from align.paths import DATA_DIR, cache_dir
+from align.paths import DATA_DIR, cache_dir, move_into_place
 
 #: Detoxify's `unbiased` label set, in its order; the checkpoint's class names (and output keys).
 LABELS = ["toxicity", "severe_toxicity", "obscene", "identity_attack", "insult", "threat", "sexual_explicit"]
@@ -649,12 +649,8 @@ def _build(out_dir: Path, opts: BuildOptions, progress: bool) -> None:
 
 def _promote(work: Path, out_dir: Path) -> None:
     """Rename the finished `work` folder to `out_dir`, replacing an older build there."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        os.replace(out_dir, old)
     try:
-        os.replace(work, out_dir)
+        move_into_place(work, out_dir)
     except OSError:
         if not is_complete(out_dir):  # another process finished first: keep its build
             raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from align.errors import AlignError, ModelError
-from align.runs import read_manifest
+from align.runs import gate_summary, read_manifest
 
 #: Statuses served without --allow-ungated: the gate passed, or it failed and a person overrode it (recorded).
 #: ("ungated", a stage whose gate was off, is usable as a parent but has no verdict to serve on.)
@@ -24,8 +24,6 @@ def model_id(chat_model) -> str:
 
 
 def check_gate(name: str, manifest: dict | None, allow_ungated: bool) -> None:
-    from align.ui.chat import gate_summary
-
     if allow_ungated or (manifest or {}).get("status") in SERVABLE:
         return
     raise AlignError(f"{name} is not served: {gate_summary(manifest)}. Only a model whose gate passed (or was "

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from align.errors import GateError
+from align.paths import move_into_place
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -39,14 +40,7 @@ def promote_trial(trial, run_dir: Path, stage: str, record: dict) -> Path:
     manifest.update(run=run_dir.name, sweep={**record, "trial": trial.number, "trial_dir": str(source),
                                              "value": trial.value, "params": trial.params})
     write_json(staging / "manifest.json", manifest)  # a new file: the trial's own manifest stays as it was
-    if target.exists():
-        replaced = staging.with_name(f"{stage}.replaced")
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.replace(target, replaced)
-        os.replace(staging, target)
-        shutil.rmtree(replaced, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+    move_into_place(staging, target)
     work = run_dir / ".work"
     if work.exists() and not any(work.iterdir()):
         work.rmdir()

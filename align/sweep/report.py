@@ -59,7 +59,7 @@ def _table(study, best_number: int | None, objective: str) -> str:
 
 
 def write_report(study, folder: Path, stage: str, objective: str, direction: str) -> Path:
-    from align.runs import write_text_atomic
+    from align.paths import write_atomic
     from align.sweep.study import best_trial
 
     best = best_trial(study, direction)
@@ -76,4 +76,4 @@ the best; pruned trials were stopped early on their training loss and left no mo
 <h2>trials</h2>{_table(study, best.number if best else None, objective)}
 {''.join(_plots(study))}
 </body></html>"""
-    return write_text_atomic(folder / "sweep_report.html", page)
+    return write_atomic(folder / "sweep_report.html", page)

@@ -7,7 +7,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from align.runs import write_json, write_text_atomic
+from align.paths import write_atomic
+from align.runs import write_json
 from align.data.curate import Removed, row_text
 
 JSON_NAME, HTML_NAME, REMOVED_NAME = "curate_report.json", "curate_report.html", "removed.jsonl"
@@ -43,4 +44,4 @@ def write(folder: Path, report: dict) -> None:
 
     write_json(folder / JSON_NAME, report)
     template = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True)
-    write_text_atomic(folder / HTML_NAME, template.get_template("report.html.jinja").render(report=report))
+    write_atomic(folder / HTML_NAME, template.get_template("report.html.jinja").render(report=report))

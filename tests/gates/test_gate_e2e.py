@@ -55,9 +55,9 @@ def test_gate_measures_judges_and_writes_both_reports(tmp_path, tiny_model_dir, 
     page = (tmp_path / "child" / "gate_report.html").read_text()
     assert page.count("data:image/png;base64,") >= 6 and "toxicity.expected_max" in page  # + the forest plot
     assert "non-inferiority: passes only when" in page and "+0.000 [0.000, 0.000]" in page
-    from align.card import gate_summary
+    from align.card import gate_table
 
-    card = gate_summary(gate)
+    card = gate_table(gate)
     assert "| toxicity.expected_max |" in card and "+0.0000 [0, 0]" in card and "non_inferiority" in card
 
     # A second gate reuses the parent's figures from its manifest (and its per-unit values from the gate_items.json

@@ -12,7 +12,6 @@ from align.gates.policy import (
     GateOptions,
     Limit,
     as_options,
-    failed_checks,
     fingerprint,
     judge,
     judge_check,
@@ -21,6 +20,7 @@ from align.gates.policy import (
     verdict,
 )
 from align.gates.runner import parent_from_gate
+from align.runs import failed_checks
 
 
 def test_absolute_limits():
@@ -64,7 +64,7 @@ def test_judge_and_verdict():
     assert verdict(checks, None) == "fail"
     assert verdict([crows], None) == "pass"
     assert verdict([crows], "ModelError: boom") == "fail"  # an error fails the gate (fail closed)
-    assert failed_checks({"checks": checks})[0].startswith("toxicity.expected_max (")
+    assert failed_checks({"checks": checks}, reasons=True)[0].startswith("toxicity.expected_max (")
 
 
 def test_stage_overrides_replace_only_the_fields_they_set():
