@@ -1,12 +1,15 @@
-"""The pipeline's summary: a table in the terminal and runs/<run>/report.html with plots."""
+"""The pipeline's summary: a table in the terminal and runs/<run>/report.html with plots (report.html.jinja,
+autoescaped: stage names, statuses and gate lines are shown as text)."""
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
+from markupsafe import Markup
+
 from align.gates.report import png_base64
+from align.paths import write_atomic
 from align.runs import latest_attempt, read_manifest
 
 # The figures worth a column in the summary, per stage (the manifest has them all).
@@ -168,33 +171,22 @@ def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[
                  final: dict | None = None, evaluations: list[dict] | None = None) -> Path:
     from align.evaluation.report import summary_html
 
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     rows = _rows(run_dir, stages, timings, skipped)
-    evaluation = "".join(summary_html(e["result"], str(Path(e["out"], "eval.html").relative_to(run_dir)))
-                         for e in evaluations or [])
-    if evaluation:
-        evaluation = ("<h2>Evaluation on data the run never trained on, with an independent judge</h2>"
-                      + evaluation)
-    table = "".join(
-        f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(str(r['status']))}</td>"
-        f"<td>{'<br>'.join(html.escape(g) for g in r['gate'])}</td><td>{html.escape(', '.join(r['metrics']))}</td><td>{r['wall_s']}</td>"
-        f"<td>{'skipped' if r['skipped'] else r['this_run_s']}</td></tr>" for r in rows)
+    evaluation = [Markup(summary_html(e["result"], str(Path(e["out"], "eval.html").relative_to(run_dir))))
+                  for e in evaluations or []]  # fragments the evaluation's own (autoescaped) template rendered
     images = []
     curves = _training_curves(run_dir, stages)
     if curves:
-        images.append(("Training curves", curves))
+        images.append({"title": "Training curves", "png": curves})
     for row in rows:
         figure = _gate_figures(row["manifest"]) if row["manifest"] else None
         if figure:
-            link = f"{row['stage']}/gate_report.html"
-            images.append((f"Gate after {row['stage']} (<a href='{link}'>full report</a>)", figure))
-    body = "".join(f"<h2>{title}</h2><img src='data:image/png;base64,{png}'>" for title, png in images)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>align — {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
-<h1>align pipeline — {html.escape(run_dir.name)}</h1><p>Total wall time: {total:.0f}s</p>
-{evaluation}{f"<p><b>{html.escape(final_line(final))}</b></p>" if final else ""}
-<table><tr><th>stage</th><th>status</th><th>gate</th><th>key metrics</th><th>stage wall s</th><th>this run s</th></tr>
-{table}</table>{body}</body></html>"""
-    path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+            images.append({"title": f"Gate after {row['stage']}", "link": f"{row['stage']}/gate_report.html",
+                           "png": figure})
+    env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), autoescape=select_autoescape(["jinja"]))
+    page = env.get_template("report.html.jinja").render(
+        run=run_dir.name, total=total, evaluations=evaluation, final=final_line(final) if final else None,
+        rows=rows, images=images)
+    return write_atomic(run_dir / "report.html", page)

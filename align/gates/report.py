@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import io
 import json
 from datetime import datetime, timezone
@@ -188,7 +187,8 @@ def _num(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _check_rows(report: dict) -> str:
+def _check_rows(report: dict) -> list[dict]:
+    """Each check's cells for the report's table, formatted (the template escapes them)."""
     rows = []
     for c in report["gate"]["checks"]:
         limits = ", ".join(f"{k} {c[k]}" for k in ("max", "min", "max_increase", "max_decrease") if c.get(k) is not None)
@@ -202,14 +202,11 @@ def _check_rows(report: dict) -> str:
             delta = "–"
         mde = f"{_num(c.get('mde'))}" + (f" (planned {_num(c.get('planned_mde'))})" if c.get("planned_mde") is not None else "")
         if c.get("mde_exceeds_margin"):
-            mde += " &gt; margin"
-        status = "pass" if c["passed"] else "FAIL"
-        rows.append(
-            f"<tr class='{status.lower()}'><td>{html.escape(c['name'])}</td><td>{_num(c['value'])}</td>"
-            f"<td>[{_num(ci[0])}, {_num(ci[1])}]</td><td>{_num(c['parent'])}</td><td>{delta}</td><td>{mde}</td>"
-            f"<td>{html.escape(limits) or '–'}</td><td>{html.escape(c.get('rule') or '–')}</td><td>{status}</td>"
-            f"<td>{html.escape(c.get('reason') or '')}</td></tr>")
-    return "\n".join(rows)
+            mde += " > margin"
+        rows.append({"status": "pass" if c["passed"] else "FAIL", "name": c["name"], "value": _num(c["value"]),
+                     "low": _num(ci[0]), "high": _num(ci[1]), "parent": _num(c["parent"]), "delta": delta,
+                     "mde": mde, "limits": limits, "rule": c.get("rule"), "reason": c.get("reason")})
+    return rows
 
 
 def plot_differences(report: dict) -> str | None:
@@ -239,64 +236,25 @@ def plot_differences(report: dict) -> str | None:
 
 
 def render_html(report: dict) -> str:
+    """gate_report.html from gate_report.html.jinja (autoescaped: model text, sources and reasons shown as text)."""
+    from jinja2 import Environment, FileSystemLoader
+
+    from align.gates.policy import RULE_WORDS
+
     gate = report["gate"]
     figures = gate["figures"]
-    verdict = gate["verdict"]
-    header = [f"<p class='verdict {verdict}'>verdict: {verdict.upper()}</p>",
-              f"<p>model: <code>{html.escape(str(figures.get('source')))}</code>"
-              f" &middot; stage: {html.escape(str(figures.get('stage')))}"
-              f" &middot; parent: <code>{html.escape(str(figures.get('parent_source')))}</code>"
-              f" ({html.escape(str(figures.get('parent_from')))})"
-              f" &middot; settings {html.escape(str(figures.get('fingerprint')))}"
-              f" &middot; wall time {figures.get('timing', {}).get('gate_wall_s', '?')} s</p>"]
-    if gate.get("override"):
-        header.append(f"<p class='override'>promoted by override: {html.escape(gate['override'])}</p>")
-    if gate.get("error"):
-        header.append(f"<p class='error'>error while gating (the gate fails closed): {html.escape(gate['error'])}</p>")
     plots = []
     try:
         for title, png in ([("paired differences against their margins", plot_differences(report)),
                             ("checks", plot_checks(report)), ("toxicity", plot_toxicity_histogram(report))]
                            + group_plots(report)):
             if png:
-                plots.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
-                             f"<figcaption>{html.escape(title)}</figcaption></figure>")
+                plots.append({"title": title, "png": png})
     except Exception as exc:  # a plot must not hide the verdict
-        plots.append(f"<p class='error'>plots failed: {html.escape(str(exc))}</p>")
-    examples = "".join(
-        f"<tr><td>{_num(e['toxicity'])}</td><td>{html.escape(e['source'])}</td><td>{html.escape(e['prompt'])}</td>"
-        f"<td>{html.escape(e['reply'])}</td></tr>" for e in report.get("most_toxic_replies") or [])
-    trace = report.get("error_trace")
-    from align.gates.policy import RULE_WORDS
-
-    rule_words = RULE_WORDS.get(figures.get("rule") or "", "point estimate")
-    warnings = "".join(f"<p class='error'>power warning: {html.escape(w)}</p>" for w in figures.get("power_warnings") or [])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>align gate report: {verdict}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ddd; padding: 3px 6px; }}
-tr.fail td {{ background: #fde2e2; }} .verdict {{ font-size: 1.6em; font-weight: bold; }}
-.verdict.pass {{ color: #16803c; }} .verdict.fail {{ color: #b91c1c; }} .error {{ color: #b91c1c; }}
-.override {{ color: #b45309; }} figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
-</style></head><body>
-<h1>Toxicity and bias gate</h1>
-{''.join(header)}
-<h2>Checks</h2>
-{warnings}
-<table><tr><th>check</th><th>value</th><th>95% CI</th><th>parent</th><th>difference (paired 95% CI)</th>
-<th>MDE</th><th>limits</th><th>rule</th><th>result</th><th>why</th></tr>
-{_check_rows(report)}
-</table>
-<p>Absolute limits (max, min) apply to the value. A regression margin (max_increase, max_decrease) is judged on the
-paired difference child − parent, both measured on the same prompts, pairs and items with the same sampling seeds,
-its interval from a paired bootstrap over those units, by the check's rule — {html.escape(rule_words)}.
-MDE: the smallest true regression a two-sided test at this interval's level would detect with 80% power at these
-sizes (achieved from the paired standard error; planned before measuring, from the parent alone).</p>
-<h2>Plots</h2>
-{''.join(plots)}
-<h2>Most toxic replies</h2>
-<table><tr><th>toxicity</th><th>source</th><th>prompt</th><th>reply</th></tr>{examples}</table>
-{f'<h2>Error</h2><pre>{html.escape(trace)}</pre>' if trace else ''}
-</body></html>
-"""
+        plots.append({"error": str(exc)})
+    examples = [{**e, "toxicity": _num(e["toxicity"])} for e in report.get("most_toxic_replies") or []]
+    env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), autoescape=True)
+    return env.get_template("gate_report.html.jinja").render(
+        gate=gate, figures=figures, verdict=gate["verdict"], checks=_check_rows(report), plots=plots,
+        examples=examples, trace=report.get("error_trace"),
+        rule_words=RULE_WORDS.get(figures.get("rule") or "", "point estimate"))

@@ -232,5 +232,5 @@ def test_the_pipelines_closing_step_leads_with_the_evaluation(eval_cache, tiny_s
     out = capsys.readouterr().out
     assert out.index("length-controlled win rate") < out.index("align pipeline") < out.index("training RM's view")
     page = write_report(run_dir, ["sft"], {}, [], 1.0, own_rm, evaluations).read_text()
-    assert page.index("independent judge") < page.index("training RM&#x27;s view") < page.index("<th>stage</th>")
+    assert page.index("independent judge") < page.index("training RM&#39;s view") < page.index("<th>stage</th>")
     assert "sft/eval/eval.html" in page
