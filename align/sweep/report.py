@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 PLOTS = (("optimization history", "plot_optimization_history"), ("parameter importances", "plot_param_importances"),
@@ -10,11 +9,13 @@ PLOTS = (("optimization history", "plot_optimization_history"), ("parameter impo
                                                                 "plot_intermediate_values"))
 
 
-def _plots(study) -> list[str]:
-    """Each plot as an HTML fragment; the first carries plotly.js itself (no network needed to view the report)."""
+def _plots(study) -> list[dict]:
+    """Each plot's title and HTML fragment (or why it was not drawn); the first carries plotly.js itself (no network
+    needed to view the report)."""
     import warnings
 
     import optuna.visualization as vis
+    from markupsafe import Markup
 
     parts, inlined = [], False
     for title, name in PLOTS:
@@ -23,10 +24,10 @@ def _plots(study) -> list[str]:
                 warnings.simplefilter("ignore")
                 figure = getattr(vis, name)(study)
         except Exception as exc:  # e.g. importances need two finished trials with different values
-            parts.append(f"<h2>{html.escape(title)}</h2><p class=note>not drawn: {html.escape(str(exc))}</p>")
+            parts.append({"title": title, "error": str(exc)})
             continue
-        parts.append(f"<h2>{html.escape(title)}</h2>" +
-                     figure.to_html(full_html=False, include_plotlyjs=not inlined))
+        parts.append({"title": title, "error": None,
+                      "html": Markup(figure.to_html(full_html=False, include_plotlyjs=not inlined))})  # plotly's own
         inlined = True
     return parts
 
@@ -34,10 +35,11 @@ def _plots(study) -> list[str]:
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.5g}"
-    return html.escape("" if value is None else str(value))
+    return "" if value is None else str(value)
 
 
-def _table(study, best_number: int | None, objective: str) -> str:
+def _table(study, best_number: int | None, objective: str) -> tuple[list[str], list[dict]]:
+    """The trials table: its header and one row (cells, whether it is the best) a trial."""
     trials = study.get_trials(deepcopy=False)
     keys = sorted({k for t in trials for k in t.params})
     gates = sorted({k for t in trials for k in t.user_attrs if k.startswith("gate.") and not k.endswith(".passed")})
@@ -52,28 +54,23 @@ def _table(study, best_number: int | None, objective: str) -> str:
         cells = [t.number, state, t.value, *[t.params.get(k) for k in keys], t.user_attrs.get("gate_verdict"),
                  *[t.user_attrs.get(k) for k in gates], t.user_attrs.get("wall_s"),
                  t.user_attrs.get("folder") or t.user_attrs.get("pruned")]
-        css = ' class="best"' if t.number == best_number else ""
-        rows.append(f"<tr{css}>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+        rows.append({"best": t.number == best_number, "cells": [_cell(c) for c in cells]})
+    return head, rows
 
 
 def write_report(study, folder: Path, stage: str, objective: str, direction: str) -> Path:
+    """sweep_report.html from sweep_report.html.jinja (autoescaped; plotly's fragments are its own)."""
+    from jinja2 import Environment, FileSystemLoader
+
     from align.paths import write_atomic
     from align.sweep.study import best_trial
 
     best = best_trial(study, direction)
     summary = (f"best: trial {best.number}, {objective} = {best.value:.5g} ({direction}), "
-               f"{html.escape(', '.join(f'{k}={v}' for k, v in best.params.items()))}") if best \
+               f"{', '.join(f'{k}={v}' for k, v in best.params.items())}") if best \
         else "no trial finished with a model that passed its gate"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sweep {html.escape(stage)}: \
-{html.escape(study.study_name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;\
-padding:2px 6px;font-size:13px}} tr.best{{background:#e6f4e6}} .note{{color:#777}}</style></head><body>
-<h1>sweep {html.escape(stage)}: {html.escape(study.study_name)}</h1>
-<p>{summary}. Trials whose model failed its gate are infeasible (Optuna's constraint <code>gate</code>) and never
-the best; pruned trials were stopped early on their training loss and left no model.</p>
-<h2>trials</h2>{_table(study, best.number if best else None, objective)}
-{''.join(_plots(study))}
-</body></html>"""
+    head, rows = _table(study, best.number if best else None, objective)
+    env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), autoescape=True)
+    page = env.get_template("sweep_report.html.jinja").render(
+        stage=stage, study_name=study.study_name, summary=summary, head=head, rows=rows, plots=_plots(study))
     return write_atomic(folder / "sweep_report.html", page)
