@@ -1,4 +1,6 @@
-"""The model card (README.md) a finished stage leaves beside its weights."""
+"""The model card (README.md) a finished stage leaves beside its weights: a huggingface_hub ModelCard whose
+metadata names the library, the stage and status (and the base model when it is a hub id), and whose text gives the
+run, parent, data, metrics, gate table, evaluation and how to load it."""
 
 from __future__ import annotations
 
@@ -85,4 +87,14 @@ tokenizer = AutoTokenizer.from_pretrained("{manifest['run']}/{stage}")
 ```
 Timing: {manifest['timing']}. Full provenance in `manifest.json`, the resolved recipe in `config.yaml`.
 """
-    (Path(folder) / "README.md").write_text(text, encoding="utf-8")
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card_data = ModelCardData(library_name="transformers", tags=["align", stage, manifest["status"]],
+                              base_model=_hub_id(manifest["model"]["source"]))
+    ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}").save(Path(folder) / "README.md")
+
+
+def _hub_id(source: str) -> str | None:
+    """The base model as the card's metadata names it: a hub id (owner/name), not a local folder or embedded model."""
+    return source if source.count("/") == 1 and not source.startswith((".", "/", "~")) and ":" not in source \
+        and not Path(source).expanduser().exists() else None
