@@ -263,23 +263,44 @@ def _hub_hint(source: str, exc: Exception) -> str:
     return f"cannot load model '{source}': not a local model folder and not loadable from the hub{hint}: {exc}".splitlines()[0]
 
 
-def load_causal_lm(source: str, model_options=None, device: str = "auto", dtype=None):
-    """A causal LM from any source, on the chosen device and dtype (a peft adapter folder loads merged-in)."""
-    from transformers import AutoModelForCausalLM
-
+def _load_pretrained(auto_class, source: str, model_options=None, device: str = "auto", dtype=None,
+                     errors: tuple = (OSError,), **extra):
+    """from_pretrained through one path: any source (resolve_source: embedded, tiny, folder, hub), the chosen device,
+    dtype (None: model.dtype / auto; "checkpoint": the dtype it was saved in), trust_remote_code and attention
+    kernel from `model_options`. A load error of the given kinds becomes a ModelError."""
     folder = resolve_source(source)
     device = choose_device(device)
     if dtype is None:
         dtype = choose_dtype(getattr(model_options, "dtype", "auto"), device)
-    kwargs = {"dtype": dtype, "trust_remote_code": bool(getattr(model_options, "trust_remote_code", False))}
+    elif dtype == "checkpoint":
+        dtype = "auto"  # transformers: keep the saved dtype
+    kwargs = {"dtype": dtype, "trust_remote_code": bool(getattr(model_options, "trust_remote_code", False)), **extra}
     attn = getattr(model_options, "attn_implementation", None)
     if attn:
         kwargs["attn_implementation"] = attn
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except OSError as exc:
+        model = auto_class.from_pretrained(folder, **kwargs)
+    except errors as exc:
         raise ModelError(_hub_hint(source, exc)) from None
     return model.to(device)
+
+
+def load_causal_lm(source: str, model_options=None, device: str = "auto", dtype=None):
+    """A causal LM from any source, on the chosen device and dtype (a peft adapter folder loads merged-in)."""
+    from transformers import AutoModelForCausalLM
+
+    return _load_pretrained(AutoModelForCausalLM, source, model_options, device, dtype)
+
+
+def load_sequence_classifier(source: str, model_options=None, device: str = "auto", dtype=None,
+                             errors: tuple = (OSError, ValueError), **extra):
+    """A sequence classifier (a reward model's head, a PPO value model) through load_causal_lm's machinery: the same
+    sources, device, dtype and options. `errors`: load errors turned into a ModelError (() leaves them to the
+    caller); `extra` goes to from_pretrained (e.g. num_labels=1)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load_pretrained(AutoModelForSequenceClassification, source, model_options, device, dtype,
+                            errors=errors, **extra)
 
 
 def freeze_lower_layers(model, trainable: int) -> int:

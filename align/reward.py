@@ -48,13 +48,11 @@ def load_reward_model(source: str | Path, device: str = "auto") -> RewardModel:
 
 @lru_cache(maxsize=2)
 def _load_cached(folder: str, device: str) -> RewardModel:
-    from transformers import AutoModelForSequenceClassification
+    from align.models import load_sequence_classifier, load_tokenizer
 
-    from align.models import load_tokenizer
-
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
+    try:  # on the CPU first, in the dtype it was saved in (as before), then moved
+        model = load_sequence_classifier(folder, device="cpu", dtype="checkpoint", errors=())
+    except (ModelError, OSError, ValueError) as exc:
         raise ModelError(f"cannot load a reward model from {folder}: {exc}".splitlines()[0]) from None
     if model.config.num_labels != 1:
         raise ModelError(f"{folder} is not a reward model: its head has {model.config.num_labels} outputs, not 1")

@@ -171,15 +171,13 @@ def resolve_reward(ctx) -> Path:
 
 def load_value_model(reward_dir: Path, tokenizer, ctx):
     """A trainable copy of the reward model, to start the value function from (InstructGPT)."""
-    from transformers import AutoModelForSequenceClassification
-
     from align.errors import ConfigError
-    from align.models import load_tokenizer
+    from align.models import load_sequence_classifier, load_tokenizer
 
     if load_tokenizer(str(reward_dir)).get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"ppo.value_model=rm: the reward model {reward_dir} has another tokenizer than the policy; "
                           f"use value_model=head")
-    return AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=ctx.dtype).to(ctx.device)
+    return load_sequence_classifier(str(reward_dir), device=ctx.device, dtype=ctx.dtype)
 
 
 def fitting_prompts(tokenizer, prompts: list[list[dict]], max_tokens: int) -> list[list[dict]]:
