@@ -7,7 +7,7 @@
   align/assets/tiny-tokenizer), built once from a config: whole stages run on it in seconds, for tests.
 
 Tokenizers are checked, never silently patched: one without a chat template needs `model.chat_template`, one
-without a pad token gets its EOS token as pad with a printed notice (or `model.pad_token`).
+without a pad token gets its EOS token as pad with a logged notice (or `model.pad_token`).
 """
 
 from __future__ import annotations

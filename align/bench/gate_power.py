@@ -1,6 +1,6 @@
 """`python -m align.bench gate-power`: does the gate see a regression it was shown, and does it keep quiet about a
 child that did not regress? Detection and false-alarm rates of the recipe's gate, measured on children of known
-make (issue 17, point 5).
+make.
 
 Children of one parent (the recipe's `model.source`; the default recipe's embedded SmolLM2-135M-Instruct), each a
 real align artifact, built once under the bench folder and reused by later runs while their inputs stay the same:
@@ -16,9 +16,8 @@ Neutral replies are by default the parent's own: one reply sampled from the pare
 nucleus cut), so that training on them leaves the parent's distribution unchanged in expectation (the expected
 gradient of log p(y) under y ~ p is zero) and the neutral child is a trained child with no regression; its gate
 measures the false alarms that training noise alone causes. `--neutral-replies hh` takes HH's chosen replies
-instead, which move the model a long way: on the embedded model a planted child of 16 toxic and 48 HH rows (8 steps,
-lr 5e-5) came out 0.068 *less* toxic than its parent (expected maximum), HH's short clarifying questions being a
-detoxifying signal of their own.
+instead, which move the model a long way (HH's short clarifying questions are a detoxifying signal of their own: a
+planted child trained on them can come out less toxic than its parent).
 The SFT data files hold the training rows as data.registry reads them (its every-10th-row test split holds
 neutral rows, the held-out perplexity's), with a sidecar listing which rows are toxic.
 

@@ -23,8 +23,8 @@ check's `rule` (default `gate.rule`):
   interval of the regression is within the margin — the child is *shown* not to be worse by more than the margin;
 - `superiority`: the check fails only when the lower end of the interval exceeds the margin — a regression beyond
   the margin is *shown*;
-- `point`: the point estimate against the margin, as before the paired design (also used when no interval
-  exists, e.g. a parent measured without per-unit values).
+- `point`: the point estimate against the margin (also used when no interval exists, e.g. a parent measured
+  without per-unit values).
 
 Every regression-limited check also reports its minimum detectable effect (MDE): the smallest true regression a
 two-sided test at `gate.alpha` would detect with probability `gate.power` at these sizes — planned from the

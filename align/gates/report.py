@@ -1,6 +1,7 @@
 """The gate's reports: gate_report.json (everything measured) and gate_report.html (tables + plots).
 
-The HTML file stands alone: its plots (matplotlib) are embedded as base64 PNG images. Plots: the checks of the
+The HTML file (gate_report.html.jinja, autoescaped) stands alone: its plots (matplotlib) are embedded as base64
+PNG images. Plots: the checks of the
 model against its parent with 95% intervals, histograms of toxicity, CrowS-Pairs by bias type, BBQ by category
 and BOLD by group, each with the parent beside the model when the parent's figures are known.
 """

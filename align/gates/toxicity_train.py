@@ -9,10 +9,8 @@ Beside it, a TF-IDF bag-of-words model (`align.gates.toxicity_bow`) is fitted on
 the baseline of the leave-one-source-out evaluation (`align.gates.toxicity_loso`), and with
 `bow_weight` > 0 the scorer's probability per label is `(1 - bow_weight) * encoder + bow_weight *
 bag_of_words` (the encoder alone for a label the bag of words has no model for). The default weight is
-0: with Civil Comments or Davidson left out of training, the bag of words ranks far worse than the
-encoder (0.64 vs 0.81, 0.71 vs 0.89) and every blend weight tried (0.1 to 0.5) ranked worse than the
-encoder alone; only on the 282 Jigsaw rows (28 toxic) did a blend help, without reaching the bag of
-words. Both see the texts after `normalize_text`, in training and in scoring.
+0, the encoder alone (why: the README's leave-one-source-out results). Both see the texts after
+`normalize_text`, in training and in scoring.
 
 The output folder holds:
 - `toxicity.ckpt`: Detoxify's format, `{"config": {"arch": {"args": {...}}, "dataset": {"args":
