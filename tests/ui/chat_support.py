@@ -35,16 +35,17 @@ def make_stage(runs_dir: Path, run: str, stage: str, model_dir: Path, *, status:
 
 
 @contextlib.contextmanager
-def running_chat(model: str | ChatModel, store, *, compare: str | None = None, runs_dir: Path | str = "runs",
+def running_chat(model: str | ChatModel, store, *, compare: str | ChatModel | None = None, runs_dir: Path | str = "runs",
                  compare_choices=(), filter_threshold: float | None = None, scorer: str | None = None,
-                 no_auth: bool = False, user: str = "tester", tls=None, loaded_models: int = 2):
+                 no_auth: bool = False, user: str = "tester", tls=None, loaded_models: int = 2, seed: int | None = None):
     """The real chat app served on a free loopback port; yields its URL. It signs people in with the
     store's accounts, unless `no_auth` (then feedback is credited to `user`)."""
     chat_model = model if isinstance(model, ChatModel) else resolve_chat_model(model, runs_dir)
-    second = resolve_chat_model(compare, runs_dir) if compare else None
+    second = compare if isinstance(compare, ChatModel) or compare is None else resolve_chat_model(compare, runs_dir)
     reply_filter = ToxicityFilter(filter_threshold, scorer) if filter_threshold is not None else None
     app = build_app(chat_model, store=store, compare=second, runs_dir=runs_dir, compare_choices=compare_choices,
-                    reply_filter=reply_filter, user=user if no_auth else None, loaded_models=loaded_models)
+                    reply_filter=reply_filter, user=user if no_auth else None, loaded_models=loaded_models,
+                    seed=seed)
     url = launch(app, host="127.0.0.1", port=free_port(), login=None if no_auth else GuardedLogin(store.check_password),
                  tls=tls)
     try:
@@ -54,13 +55,15 @@ def running_chat(model: str | ChatModel, store, *, compare: str | None = None, r
 
 
 class ScriptedModel(ChatModel):
-    """The tiny model's tokenizer and transformers' real `TextIteratorStreamer`, but the reply is `script`:
+    """The tiny model's tokenizer and transformers' real `TextIteratorStreamer`, but the reply is `script` (or the
+    next of a list of scripts):
     its tokens are fed to the streamer one at a time (`delay_s` apart), as `generate` would. For tests that need
     a reply with given markdown or markup in it, which a random tiny model does not write."""
 
-    def __init__(self, model_dir, script: str, *, name: str | None = None, delay_s: float = 0.05):
+    def __init__(self, model_dir, script: str | list[str], *, name: str | None = None, delay_s: float = 0.05):
         super().__init__(name=name or str(model_dir), source=str(model_dir))
-        self.script, self.delay_s = script, delay_s
+        self.scripts = [script] if isinstance(script, str) else list(script)  # one per call, round and round
+        self.script, self.delay_s, self.calls = self.scripts[0], delay_s, 0
 
     def generate(self, messages, settings, streamer) -> None:
         import time
@@ -68,7 +71,9 @@ class ScriptedModel(ChatModel):
         import torch
 
         self.load()
-        ids = self.tokenizer(self.script, add_special_tokens=False)["input_ids"]
+        script = self.scripts[self.calls % len(self.scripts)]
+        self.calls += 1
+        ids = self.tokenizer(script, add_special_tokens=False)["input_ids"]
         streamer.put(torch.tensor([[0]]))  # the prompt, which the streamer skips
         for token in ids:
             time.sleep(self.delay_s)
