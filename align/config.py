@@ -1,8 +1,10 @@
 """Recipes: YAML files → one typed, validated tree.
 
-A recipe has shared sections (`model`, `lora`, `gate`, ...) and one section per stage (`sft`, `rm`, ...).
-The schema is made of dataclasses: the shared ones below, and each stage's `Options` in its own module
-(`stages/<stage>.py`), so a stage's knobs live beside the code that reads them.
+A recipe has shared sections (`model`, `lora`) and one section per stage (`sft`, `rm`, ...) or app (`gate`,
+`pipeline`, `eval`, ...). The schema is made of dataclasses: the shared ones below, and each section's options in
+its own module (`stages/<stage>.py`'s `Options`, `align/gates/policy.py`'s `GateOptions`, ...), so a section's
+knobs live beside the code that reads them. Those modules register their sections under the `align.sections`
+entry point (pyproject.toml) and `sections()` looks them up: this module is core and imports no stage or app.
 
 Overrides come from the command line as dotted `key=value` pairs. For a stage command, a key that is not a
 top-level section is looked up in that stage's section first, so `python -m align.run sft lr=1e-4` means
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,25 +158,42 @@ class TrainOptions:
                         choices=("grouped", "random", "padding_free"))
 
 
-@dataclass
-class GateOptions:
-    """Placeholder extended by align.gates.policy: the gate that stands between stages."""
-
-    enabled: bool = opt(False, "run the toxicity and bias gate after each model-producing stage")
+#: the entry-point group under which stages and apps register their recipe sections (see `sections`)
+SECTIONS_GROUP = "align.sections"
 
 
-def _stage_options() -> dict[str, type]:
-    from align.stages import STAGES, stage_module
+@functools.lru_cache(maxsize=1)
+def _section_entry_points() -> tuple:
+    """align's `align.sections` entry points. Every copy of align's metadata on the path is asked, first to last:
+    a stale align.egg-info in the repository (left by an old build) must not hide the installed ones."""
+    from importlib.metadata import distributions
 
-    return {name: stage_module(name).Options for name in STAGES}
+    for dist in distributions():
+        if (dist.metadata["Name"] or "").lower() == "align":
+            points = tuple(point for point in dist.entry_points if point.group == SECTIONS_GROUP)
+            if points:
+                return points
+    return ()
 
 
-def _gate_options() -> type:
-    try:
-        from align.gates.policy import GateOptions as options
-    except ImportError:
-        options = GateOptions
-    return options
+def sections() -> dict[str, type]:
+    """The recipe's sections beyond the shared ones: every stage's `Options` (in align.stages.STAGES' order),
+    then candidates, curate, eval, gate, pipeline and sweep (by name).
+
+    They are registered under the `align.sections` entry point (pyproject.toml), not imported here: this module sits
+    at the bottom of the layers and every section's module imports it (for `opt`). An entry point names either an
+    options dataclass (the section is named after the entry point) or a function returning {section: dataclass}
+    (align.stages.sections: one section per registered stage)."""
+    found: dict[str, type] = {}
+    loaded = [(point.name, point.load()) for point in sorted(_section_entry_points(), key=lambda p: p.name)]
+    for name, value in loaded:  # the stages first (a function's sections), then the others by name
+        if not dataclasses.is_dataclass(value):
+            found.update(value())
+    found.update((name, value) for name, value in loaded if dataclasses.is_dataclass(value))
+    if not found:
+        raise ConfigError(f"no recipe sections are registered (entry point group {SECTIONS_GROUP!r}): install align "
+                          "(`pip install -e .` in the repository, or its wheel)")
+    return found
 
 
 def recipe_schema() -> type:
@@ -187,24 +207,8 @@ def recipe_schema() -> type:
         ("model", ModelOptions, field(default_factory=ModelOptions)),
         ("lora", LoraOptions, field(default_factory=LoraOptions)),
     ]
-    for name, options in _stage_options().items():
+    for name, options in sections().items():
         fields.append((name, options, field(default_factory=options)))
-    gate = _gate_options()
-    fields.append(("gate", gate, field(default_factory=gate)))
-    from align.candidates import Options as CandidateOptions
-    from align.pipeline import PipelineOptions
-
-    fields.append(("pipeline", PipelineOptions, field(default_factory=PipelineOptions)))
-    fields.append(("candidates", CandidateOptions, field(default_factory=CandidateOptions)))
-    from align.evaluation.options import EvalOptions
-
-    fields.append(("eval", EvalOptions, field(default_factory=EvalOptions)))
-    from align.stages.curate import Options as CurateOptions  # a stage of its own path: data in, data out
-
-    fields.append(("curate", CurateOptions, field(default_factory=CurateOptions)))
-    from align.sweep.options import SweepOptions
-
-    fields.append(("sweep", SweepOptions, field(default_factory=SweepOptions)))
     return dataclasses.make_dataclass("Recipe", fields)
 
 

@@ -19,3 +19,8 @@ STAGES = {
 
 def stage_module(name: str) -> ModuleType:
     return importlib.import_module(f"align.stages.{name}")
+
+
+def sections() -> dict:
+    """Each registered stage's recipe section (its `Options`), for align.config (the `align.sections` entry point)."""
+    return {name: stage_module(name).Options for name in STAGES}
