@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from align.errors import AlignError, ConfigError, GateError
+from align.hashing import sha256_file  # noqa: F401  (re-exported: runs.sha256_file)
+from align.manifests import MANIFEST, finished_stages, read_json, read_manifest  # noqa: F401  (re-exported)
 from align.log import log
 from align.paths import move_into_place, write_atomic
 
-MANIFEST = "manifest.json"
 STARTED = "started.json"  # in .work/<stage>/: the fingerprint inputs the stage started with
 GATE_FAILED_SUFFIX = ".gate_failed"
 # Statuses of a finished model in runs/<run>/<stage>/, usable as a parent or to chat with. "ungated" (the gate was
@@ -32,23 +33,6 @@ GATE_FAILED_SUFFIX = ".gate_failed"
 PROMOTABLE = ("promoted", "overridden", "ungated")
 # Files written last into a checkpoint: transformers' Trainer state, align's PPO state.
 CHECKPOINT_MARKERS = ("trainer_state.json", "ppo_state.pt")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_json(path: Path) -> dict | None:
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def read_manifest(stage_dir: Path) -> dict | None:
-    return read_json(Path(stage_dir) / MANIFEST)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -186,15 +170,6 @@ class Parent:
         return {"path": self.source, "stage": self.manifest.get("stage"), "status": self.manifest.get("status"),
                 "manifest_sha256": sha256_file(Path(self.source) / MANIFEST),
                 "gate_override": self.override_reason, "allow_ungated": self.ungated_allowed}
-
-
-def finished_stages(runs_dir: Path, stage: str) -> list[Path]:
-    """Finished folders of one stage across runs, newest first."""
-    found = []
-    for manifest in Path(runs_dir).glob(f"*/{stage}/{MANIFEST}"):
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        found.append((data.get("finished_at", ""), manifest.parent))
-    return [path for _, path in sorted(found, reverse=True)]
 
 
 def latest_promoted(runs_dir: Path, stage: str) -> Path | None:

@@ -186,7 +186,7 @@ def _digest(rows: list) -> str:
 def curated_folder(spec: str) -> Path | None:
     """The curate folder a spec names (`curated`, `curated:<run folder or curate folder>`, a curate folder's path),
     or None for a spec of another kind."""
-    from align.runs import MANIFEST, finished_stages
+    from align.manifests import MANIFEST, finished_stages
 
     if spec == "curated":
         runs = Path(os.environ.get("ALIGN_RUNS_DIR", "runs"))
@@ -205,7 +205,8 @@ def curated_folder(spec: str) -> Path | None:
 
 
 def _read_curated(folder: Path, split: str, kind: str | None) -> tuple[list, str, str, list[int]]:
-    from align.runs import read_manifest, sha256_file
+    from align.hashing import sha256_file
+    from align.manifests import read_manifest
 
     curated_kind = ((read_manifest(folder) or {}).get("metrics") or {}).get("kind")
     if kind and curated_kind and curated_kind != kind:
@@ -232,7 +233,7 @@ def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str
         if kind and entry["kind"] != kind:
             raise DataError(spec, None, None, f"is a {entry['kind']} dataset, this stage needs {kind} data")
         path = DATA_DIR / entry["files"][split]
-        from align.runs import sha256_file
+        from align.hashing import sha256_file
 
         rows, numbers = _read_file(path)
         return rows, str(path.relative_to(DATA_DIR.parent)), sha256_file(path), numbers
@@ -254,7 +255,7 @@ def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str
     if path.exists() or spec.startswith((".", "/", "~")) or Path(spec).suffix in (".jsonl", ".json", ".parquet", ".csv", ".gz"):
         if not path.is_file():
             raise DataError(spec, None, None, "file not found")
-        from align.runs import sha256_file
+        from align.hashing import sha256_file
 
         rows, numbers = _read_file(path)
         numbered = _holdout(list(zip(numbers, rows)), split)  # every 10th row held out, counted without blanks
@@ -353,7 +354,7 @@ def spec_digest(spec: str) -> str | None:
     if len(parts) > 1:
         digests = [spec_digest(part) for part in parts]
         return None if None in digests else hashlib.sha256("".join(digests).encode()).hexdigest()
-    from align.runs import sha256_file
+    from align.hashing import sha256_file
 
     if spec in catalog():
         files = sorted(set(catalog()[spec]["files"].values()))

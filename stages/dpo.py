@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from align.config import POSITIVE, SHARE, opt
-from align.data.preferences import PreferenceTrainOptions
+from align.stages._pairs import PreferenceTrainOptions
 from align.log import log
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
@@ -50,7 +50,8 @@ def run(ctx) -> dict:
 
     from align import models, training
     from align.compare import compare_to_parent
-    from align.data.preferences import load_stage_pairs, unique_prompts
+    from align.data.preferences import unique_prompts
+    from align.stages._pairs import load_stage_pairs
 
     from align.policy import policy_and_reference
 

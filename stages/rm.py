@@ -25,7 +25,7 @@ import numpy as np
 
 from align.config import opt
 from align.reward_diagnostics import pair_metrics
-from align.data.preferences import PreferenceTrainOptions
+from align.stages._pairs import PreferenceTrainOptions
 from align.log import log
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
@@ -55,7 +55,7 @@ def run(ctx) -> dict:
     from align.distributed import is_main
     from align.reward import RewardModel, fit_length_term, save_length_term, score_pairs
     from align.reward_diagnostics import length_balanced, pair_lengths
-    from align.data.preferences import load_stage_pairs
+    from align.stages._pairs import load_stage_pairs
 
     options, model_options = ctx.options, ctx.cfg.model
 
