@@ -204,6 +204,8 @@ def recipe_schema() -> type:
         ("runs_dir", str, opt("runs", "where run folders go")),
         ("seed", int, opt(42, "random seed for data order, initialisation and sampling", min=0)),
         ("device", str, opt("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))),
+        ("report_to", Any, opt(["tensorboard"], "experiment trackers every trainer reports to: a name or a list "
+                                                "(tensorboard, mlflow, wandb, trackio, ...), or none")),
         ("model", ModelOptions, field(default_factory=ModelOptions)),
         ("lora", LoraOptions, field(default_factory=LoraOptions)),
     ]

@@ -33,6 +33,7 @@ from align.errors import GateError
 from align.runs import (Parent, StageWork, failed_checks, find_resumable, fingerprint_inputs, fingerprint_of,
                         new_run_name, package_versions, resolve_parent, write_json)
 from align.log import log
+from align.training import finish_trackers
 
 Stage = object  # a module following the protocol above
 
@@ -156,6 +157,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     except BaseException:
         if scratch is None:
             work.abandon()  # keeps checkpoints for --resume, removes anything else half-written
+        finish_trackers(cfg, work.output_dir, None)
         raise
     finally:
         if scratch is not None:
@@ -195,6 +197,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     (work.output_dir / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
     write_model_card(work.output_dir, manifest)
     write_json(work.output_dir / "manifest.json", manifest)  # last: its presence marks the output complete
+    finish_trackers(cfg, work.output_dir, manifest)  # MLflow: the gate's figures and the manifest as artifacts
     final = work.promote(work.gate_failed_dir if status == "gate_failed" else None)
     verdict = {"promoted": "promoted", "overridden": "promoted by override", "ungated": "promoted UNGATED (gate off)",
                "gate_failed": "NOT promoted (gate failed)"}

@@ -10,6 +10,71 @@ from pathlib import Path
 from align.log import log
 
 
+#: the trackers transformers' trainers report to (transformers.integrations' names) that `report_to` accepts
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "clearml", "dvclive", "neptune", "swanlab",
+            "azure_ml", "codecarbon", "dagshub", "flyte")
+
+
+def trackers(cfg) -> list[str]:
+    """The recipe's `report_to` as a list of tracker names ([] for `none`); an unknown name is a ConfigError."""
+    from align.errors import ConfigError
+
+    value = cfg.get("report_to", ["tensorboard"]) if hasattr(cfg, "get") else getattr(cfg, "report_to")
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else list(value)
+    names = [str(n).strip().lower() for part in names for n in str(part).split(",") if str(n).strip()]
+    if names in ([], ["none"]):
+        return []
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown or "none" in names:
+        raise ConfigError(f"report_to: unknown tracker {(unknown or ['none'])[0]!r} (known: {', '.join(TRACKERS)}; "
+                          "or `none` alone)")
+    return list(dict.fromkeys(names))
+
+
+def start_trackers(ctx) -> None:
+    """MLflow: one run per stage in the local file store under the runs folder (unless MLFLOW_TRACKING_URI says
+    otherwise), experiment = the run's name, started here so that it stays open for the gate's artifacts."""
+    if "mlflow" not in trackers(ctx.cfg):
+        return
+    import mlflow
+
+    runs_dir = Path(ctx.cfg.runs_dir).resolve()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", (runs_dir / "mlruns").as_uri())
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment(ctx.work.run_dir.name if hasattr(ctx.work, "run_dir") else "align")
+    if mlflow.active_run() is None:
+        mlflow.start_run(run_name=ctx.name)
+
+
+def finish_trackers(cfg, output_dir: Path, manifest: dict | None) -> None:
+    """MLflow: the gate's figures and the manifest as artifacts, the gate's verdict as a tag; the run ended
+    (FAILED when there is no manifest: the stage raised)."""
+    if "mlflow" not in trackers(cfg):
+        return
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    if manifest is None:
+        mlflow.end_run(status="FAILED")
+        return
+    for name in ("manifest.json", "gate.json", "gate_report.html", "README.md"):
+        if (output_dir / name).is_file():
+            mlflow.log_artifact(str(output_dir / name))
+    for figure in sorted(output_dir.rglob("*.png")):
+        mlflow.log_artifact(str(figure), artifact_path=str(figure.parent.relative_to(output_dir)).replace(".", "")
+                            or None)
+    gate = manifest.get("gate") or {}
+    figures = {c["name"]: c["value"] for c in gate.get("checks") or [] if isinstance(c.get("value"), (int, float))}
+    if figures:
+        mlflow.log_metrics({f"gate.{k}": float(v) for k, v in figures.items()})
+    mlflow.set_tags({"align.stage": manifest["stage"], "align.status": manifest["status"],
+                     "align.gate": str(gate.get("verdict"))})
+    mlflow.end_run()
+
+
 def trainer_args(config_class, ctx, options, **stage_specific):
     """A TRL config (SFTConfig, RewardConfig, DPOConfig...) filled from the recipe's shared training knobs.
 
@@ -44,7 +109,7 @@ def trainer_args(config_class, ctx, options, **stage_specific):
         save_total_limit=options.save_total_limit,
         seed=ctx.cfg.seed,
         data_seed=ctx.cfg.seed,
-        report_to=["tensorboard"],
+        report_to=trackers(ctx.cfg),
         use_cpu=on_cpu,
         bf16=bf16,
         fp16=fp16,
@@ -73,6 +138,7 @@ def train(trainer, ctx) -> dict:
         trainable = freeze_lower_layers(trainer.model, ctx.options.trainable_layers)
         log.info(f"training the top {ctx.options.trainable_layers} layers and the head: {trainable:,} "
                  f"parameters")
+    start_trackers(ctx)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint)
     wall = time.perf_counter() - started
