@@ -501,6 +501,12 @@ def _wire_sending(page: ChatPage, model: ChatModel, compare_model: Callable, rep
             done += " Which reply is better?"
         return done
 
+    def shown_reply(pending: dict, index: int) -> str:
+        """A finished reply as a Chatbot shows it: markdown made inert, or the notice if the filter withheld it."""
+        if pending["withheld"][index]:
+            return withheld_text(pending["scores"][index], reply_filter.threshold)
+        return inert_markdown(pending["replies"][index])
+
     # --------------------------------------------------------------------------------- the page
     def page_round(message, history, system_prompt, temperature, top_p, max_new_tokens, compare_with):
         """The Chatbots' updates for one round; in compare mode the columns take the replies in a random order."""
@@ -526,8 +532,7 @@ def _wire_sending(page: ChatPage, model: ChatModel, compare_model: Callable, rep
                 if len(pending["replies"]) == 2 and len(order) == 1:
                     order = shuffle.sample([0, 1], 2)
                 pending["order"] = order
-                shown = [withheld_text(pending["scores"][i], reply_filter.threshold) if pending["withheld"][i]
-                         else inert_markdown(pending["replies"][i]) for i in range(len(pending["replies"]))]
+                shown = [shown_reply(pending, i) for i in range(len(pending["replies"]))]
                 blind = len(shown) == 2
                 yield {page.chat_a: gr.update(value=chat_messages(turns, shown[order[0]]),
                                               label="Model A" if blind else "Conversation"),
@@ -557,8 +562,12 @@ def _wire_sending(page: ChatPage, model: ChatModel, compare_model: Callable, rep
         if isinstance(value, list):
             value = " ".join(str(part.get("text", part)) if isinstance(part, dict) else str(part) for part in value)
         if not pending or edit.index != len(pending["turns"]) - 1 or not str(value or "").strip():
-            restore = chat_messages(pending["turns"]) if pending else chat_messages(history or [])
-            yield {page.chat_a: restore, page.chat_b: restore,
+            if pending:  # the columns as they were: the last message and its reply (or two), in the round's order
+                order = pending.get("order") or [0, 1][:len(pending["replies"])]
+                restore = [chat_messages(pending["turns"], shown_reply(pending, i)) for i in order]
+            else:
+                restore = [chat_messages(history or [])]
+            yield {page.chat_a: restore[0], page.chat_b: restore[-1] if len(restore) > 1 else [],
                    page.status: "Only the last message can be edited (the conversation was restored)."}
             return
         yield from page_round(str(value), pending["turns"][:-1], system_prompt, temperature, top_p, max_new_tokens,
