@@ -23,11 +23,13 @@ from align.config import opt
 from align.log import log
 
 PREFERENCE_STAGES = ("rm", "dpo")
+CURATE = "curate"  # a data step (stages/curate.py) the pipeline may run first; `curate.into` names who trains on it
 
 
 @dataclass
 class PipelineOptions:
-    stages: List[str] = opt(["sft", "rm", "dpo"], "stages in order (each model-producing one is gated)")
+    stages: List[str] = opt(["sft", "rm", "dpo"], "stages in order (each model-producing one is gated); `curate` "
+                                                  "first cleans the data of the stages in curate.into")
     labels: Optional[str] = opt(
         None, "label store whose exported pairs join the rm and dpo data (default: runs/<run>/labels.sqlite if it exists)")
     mix_labels: bool = opt(True, "mix the label store's pairs into the rm and dpo data when it has any")
@@ -100,9 +102,11 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
     from align.sweep.command import sweep_as_stage, swept_stages
     from align.stages import STAGES, stage_module
 
-    unknown = [s for s in cfg.pipeline.stages if s not in STAGES]
+    unknown = [s for s in cfg.pipeline.stages if s not in STAGES and s != CURATE]
     if unknown:
-        raise ConfigError(f"pipeline.stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+        raise ConfigError(f"pipeline.stages: unknown stage {unknown[0]!r} (known: {CURATE}, {', '.join(STAGES)})")
+    if CURATE in list(cfg.pipeline.stages)[1:]:
+        raise ConfigError(f"pipeline.stages: {CURATE} comes first (it prepares the data the stages after it train on)")
     sweeps = swept_stages(cfg)
     run_dir = Path(cfg.runs_dir) / (run or cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +120,13 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
         for number, stage in enumerate(stages, 1):
             print(f"\n━━━━ [{number}/{len(stages)}] {stage} ━━━━ (pipeline {run_dir}, "
                   f"{time.time() - started:.0f}s so far)", flush=True)
+            if stage == CURATE:  # the data, not a model: skipped inside when its data and settings are unchanged
+                from align.stages.curate import curate, train_on_curated
+
+                t0 = time.time()
+                cfg = train_on_curated(cfg, curate(cfg, run=run_dir.name).parent)
+                timings[stage] = time.time() - t0
+                continue
             parent_spec = stage_plan(stage, run_dir)
             parent = resolve_parent(parent_spec, (), Path(cfg.runs_dir), cfg.model.source, override_gate,
                                     child_gated=is_gated(stage_module(stage), cfg), allow_ungated=allow_ungated) \
@@ -161,7 +172,7 @@ def evaluate_against_base(cfg, run_dir: Path, stages: list[str]) -> tuple[list[d
     from align.runs import PROMOTABLE, read_manifest
 
     options = cfg.pipeline
-    promoted = [s for s in stages if s != "rm" and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE]
+    promoted = [s for s in stages if s not in ("rm", CURATE) and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE]
     todo = ([promoted[-1]] if promoted and options.eval_final else []) + \
         (["sft"] if options.eval_sft and "sft" in promoted and promoted[-1:] != ["sft"] else [])
     evaluations = []
@@ -194,7 +205,7 @@ def judge_final_against_base(cfg, run_dir: Path, stages: list[str]) -> dict | No
     from align.runs import PROMOTABLE, read_manifest, sha256_file, write_json
 
     options = cfg.pipeline
-    final = next((s for s in reversed(stages) if s != "rm"
+    final = next((s for s in reversed(stages) if s not in ("rm", CURATE)
                   and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE), None)
     if options.final_eval_prompts <= 0 or final is None \
             or (read_manifest(run_dir / "rm") or {}).get("status") not in PROMOTABLE:

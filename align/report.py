@@ -18,6 +18,7 @@ KEY_METRICS = {
     "rm": ("eval_accuracy", "eval_mean_margin", "eval_accuracy_chosen_shorter", "eval_length_spearman"),
     "dpo": ("eval_pref_acc_logp_mean_parent", "eval_pref_acc_logp_mean_child", "eval_pref_acc_implicit_child",
             "eval_win_rate_vs_parent", "eval_kl_per_sequence", "eval_reply_tokens_parent", "eval_reply_tokens_child"),
+    "curate": ("rows_in", "rows_out", "removed"),
     "ppo": ("rm_reward_parent", "rm_reward_child", "win_rate_vs_parent", "kl_per_sequence", "reply_tokens_parent",
             "reply_tokens_child"),
 }
@@ -26,7 +27,9 @@ KEY_METRICS = {
 def _key_metrics(stage: str, metrics: dict) -> list[str]:
     """The stage's key metrics as name=value strings (the eval_ prefix left out), in KEY_METRICS order."""
     keys = KEY_METRICS.get(stage) or tuple(k for k, v in metrics.items() if isinstance(v, (int, float)))[:4]
-    return [f"{k.removeprefix('eval_')}={_short(metrics[k])}" for k in keys if k in metrics]
+    shown = [f"{k.removeprefix('eval_')}={_short(metrics[k])}" for k in keys if k in metrics]
+    removed = {step: n for step, n in (metrics.get("removed_by_step") or {}).items() if n}  # curate's steps
+    return shown + ([f"removed by {', '.join(f'{step} {n}' for step, n in removed.items())}"] if removed else [])
 
 
 def _short(value) -> str:
@@ -137,6 +140,27 @@ def _training_curves(run_dir: Path, stages: list[str]) -> str | None:
     return png_base64(fig)
 
 
+def _curate_figure(run_dir: Path) -> str | None:
+    """Rows left after each curate step (the waterfall of curate_report.html), when the run curated its data."""
+    path = run_dir / "curate" / "curate_report.json"
+    if not path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = json.loads(path.read_text(encoding="utf-8"))["steps"]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(steps) + 1))
+    names = [f"{step['name']} (−{step['removed']})" for step in steps]
+    ax.barh(range(len(steps)), [step["rows_out"] for step in steps], color="tab:blue")
+    ax.set_yticks(list(range(len(steps))), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("rows kept")
+    ax.set_title("curate: rows kept after each step (removed in brackets)")
+    return png_base64(fig)
+
+
 def _gate_figures(manifest: dict) -> str | None:
     """The gate's paired differences against their margins (the gate report's forest plot), or, for a gate
     without paired differences, the child's figures beside its parent's."""
@@ -180,6 +204,9 @@ def write_report(run_dir: Path, stages: list[str], timings: dict, skipped: list[
     curves = _training_curves(run_dir, stages)
     if curves:
         images.append({"title": "Training curves", "png": curves})
+    curated = _curate_figure(run_dir) if "curate" in stages else None
+    if curated:
+        images.append({"title": "Curated data", "link": "curate/curate_report.html", "png": curated})
     for row in rows:
         figure = _gate_figures(row["manifest"]) if row["manifest"] else None
         if figure:

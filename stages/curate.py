@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import time
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 from align.config import opt
 from align.data.curate import (balance, decontaminate, dedup, language, length, normalise, pii, toxicity)
@@ -41,8 +43,11 @@ def _section(module):
 
 @dataclass
 class Options:
-    data: str = opt("hh-harmless-chosen", "data to curate: a shipped name, a JSONL/JSON/Parquet/CSV file, a hub id, "
-                                          "labels:<store>, or several joined by commas")
+    data: str = opt("auto", "data to curate: a shipped name, a JSONL/JSON/Parquet/CSV file, a hub id, labels:<store>, "
+                            "or several joined by commas; auto: the `data` of the first stage in `into`")
+    into: List[str] = opt(["sft"], "stages that train on the curated rows when the pipeline runs curate first (their "
+                                   "`data` becomes curated:<run>); auto data is the first one's",
+                          choices=("sft", "rm", "dpo", "ppo", "grpo", "rloo", "kto"))
     kind: str = opt("auto", "chat or preference rows (auto: the first row's)", choices=("auto", "chat", "preference"))
     on_bad_rows: str = opt("drop", "rows the stages' checks refuse (empty turns, ties, identical replies, missing "
                                    "fields): drop them (counted) or refuse (stop at the first, naming it)",
@@ -59,6 +64,27 @@ class Options:
     balance: balance.Options = _section(balance)
 
 
+def data_spec(cfg) -> str:
+    """The spec curate reads: `curate.data`, or with `auto` the data of the first stage in `curate.into`."""
+    options = cfg.curate
+    if options.data != "auto":
+        return options.data
+    if not options.into:
+        from align.errors import ConfigError
+
+        raise ConfigError("curate.data=auto needs a stage in curate.into (or name the data: curate.data=<spec>)")
+    return cfg[options.into[0]].data
+
+
+def train_on_curated(cfg, run_dir: Path):
+    """A copy of the recipe whose `curate.into` stages read this run's curated rows (`curated:<run_dir>`)."""
+    cfg = copy.deepcopy(cfg)
+    for stage in cfg.curate.into:
+        if stage in cfg:
+            cfg[stage].data = f"curated:{run_dir}"
+    return cfg
+
+
 def curate(cfg, run: str | None = None, force: bool = False) -> Path:
     """Curate `cfg.curate.data` into runs/<run>/curate (run: the recipe's name by default); returns that folder."""
     from align.driver import _git_commit, _peak_rss_mb, _versions
@@ -67,10 +93,13 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
     from align.data.curate import Env
     from align.data.curate import load as loader
     from align.data.curate import report as reporting
+    from align.data.registry import spec_digest
 
     options = cfg.curate
     run_dir = Path(cfg.runs_dir) / (run or cfg.name)
-    inputs = {**fingerprint_inputs(STAGE, cfg, Parent(source="data")), "version": VERSION}
+    spec = data_spec(cfg)
+    inputs = {**fingerprint_inputs(STAGE, cfg, Parent(source="data")), "version": VERSION, "spec": spec}
+    inputs["data"]["data"] = spec_digest(spec)  # the content of what `auto` named, too
     done = read_manifest(run_dir / STAGE)
     if done and done.get("fingerprint") == fingerprint_of(inputs) and not force:
         log.info(f"curate: {run_dir / STAGE} is up to date (same data and settings): skipped")
@@ -78,7 +107,7 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
 
     # 1. Read both splits, every row checked; nothing is written before this succeeds.
     started, cpu_started = time.time(), time.process_time()
-    loaded, entries = loader.load(options.data, options.kind, options.on_bad_rows)
+    loaded, entries = loader.load(spec, options.kind, options.on_bad_rows)
     records, removed = loaded.kept, list(loaded.removed)
     steps = [reporting.step_entry(loader.STEP, len(records) + len(removed), loaded, time.time() - started,
                                   time.process_time() - cpu_started)]
@@ -109,7 +138,7 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
             _write_jsonl(out / f"{split}.jsonl", rows)
         reporting.write_removed(out, removed)
         rows_in = steps[0]["rows_in"]
-        report = {"spec": options.data, "kind": loaded.notes["kind"], "rows_in": rows_in, "rows_out": len(records),
+        report = {"spec": spec, "kind": loaded.notes["kind"], "rows_in": rows_in, "rows_out": len(records),
                   "rows_read": loaded.notes["rows_read"], "rows_out_by_split": {k: len(v) for k, v in by_split.items()},
                   "removed": len(removed), "steps": steps, "examples": reporting.examples(removed),
                   "removed_file": reporting.REMOVED_NAME, "wall_s": round(wall, 2),

@@ -269,6 +269,41 @@ def test_curate_command_writes_curated_splits_removed_rows_and_report(tmp_path, 
     assert json.loads((folder / "curate_report.json").read_text())["rows_out"] == 24
 
 
+def test_a_pipeline_that_starts_with_curate_trains_sft_on_the_curated_rows(tmp_path, tiny_model_dir, capsys):
+    """`pipeline.stages=[curate, sft]`: curate reads sft's data (curate.data=auto), sft trains on what it kept; the
+    summary and report.html show the counts; a rerun skips both; a changed data file reruns both."""
+    data = _fixture_file(tmp_path)
+    runs = tmp_path / "runs"
+    args = ["pipeline", "--config", "tiny", f"runs_dir={runs}", "pipeline.stages=[curate,sft]", f"sft.data={data}",
+            "sft.max_steps=2", "pipeline.eval_final=false"]
+    assert run_cli(*args) == 0
+    run_dir = runs / "tiny"
+    curated = json.loads((run_dir / "curate" / "curate_report.json").read_text())
+    assert curated["spec"] == str(data) and curated["rows_out"] == 23
+    sft = json.loads((run_dir / "sft" / "manifest.json").read_text())
+    assert sft["config"]["sft"]["data"] == f"curated:{run_dir}"
+    assert [d["rows"] for d in sft["data"]] == [21, 2]  # the curated splits, not the file's 26 rows
+    out = capsys.readouterr().out
+    assert "[1/2] curate" in out and "rows_in=26" in out and "removed by validate 1, dedup 1, language 1" in out
+    assert "Curated data" in (run_dir / "report.html").read_text()
+
+    assert run_cli(*args) == 0  # unchanged: both skipped
+    out = capsys.readouterr().out
+    assert "up to date" in out and "finished earlier with the same inputs — skipped" in out
+
+    with open(data, "a", encoding="utf-8") as handle:  # one more row: curate and sft both rerun
+        handle.write(json.dumps(chat("How do I boil an egg well?", "Simmer it for nine minutes.")) + "\n")
+    assert run_cli(*args) == 0
+    assert json.loads((run_dir / "curate" / "curate_report.json").read_text())["rows_in"] == 27
+    assert json.loads((run_dir / "sft" / "manifest.json").read_text())["finished_at"] != sft["finished_at"]
+
+
+def test_curate_must_come_first_in_a_pipeline(tmp_path, capsys):
+    assert run_cli("pipeline", "--config", "tiny", f"runs_dir={tmp_path / 'runs'}", "pipeline.stages=[sft,curate]") == 2
+    assert "pipeline.stages: curate comes first" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny" / "sft").exists()
+
+
 def test_curated_preference_pairs_load_for_rm_and_dpo_and_not_for_sft(tmp_path):
     from align.errors import DataError
     from align.data.preferences import load_preferences
