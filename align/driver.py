@@ -33,7 +33,7 @@ from align.errors import GateError
 from align.runs import (Parent, StageWork, failed_checks, find_resumable, fingerprint_inputs, fingerprint_of,
                         new_run_name, package_versions, resolve_parent, write_json)
 from align.log import log
-from align.training import finish_trackers
+from align.training import finish_trackers, trackers
 
 Stage = object  # a module following the protocol above
 
@@ -103,6 +103,16 @@ def is_gated(stage, cfg) -> bool:
     return bool(cfg.gate.enabled) and getattr(stage, "GATED", True)
 
 
+def run_safety_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: F821  (annotation only)
+    """The flags that let a stage (or the pipeline) past a safety check, each recorded in the manifest."""
+    parser.add_argument("--resume-changed", action="store_true",
+                        help="resume an interrupted stage although its settings changed (the manifest records both "
+                             "values of each changed key)")
+    parser.add_argument("--allow-ungated", action="store_true",
+                        help="let a gated stage build on a parent trained with the gate off (status ungated; "
+                             "recorded)")
+
+
 def gate_status(gate: dict | None, override_reason: str | None, gated: bool = True) -> str:
     """promoted (passed, or a stage with nothing to gate), overridden, gate_failed, or ungated (gate switched off)."""
     if gate is None:
@@ -120,6 +130,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     from align.stages import stage_module
 
     stage = stage_module(name)
+    trackers(cfg)  # an unknown `report_to` name fails here, before any model loads
     device = choose_device(cfg.device)
     distributed.check_supported(name, stage, lora=cfg.lora.enabled)
     distributed.start(cpu=device == "cpu")

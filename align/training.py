@@ -41,7 +41,9 @@ def start_trackers(ctx) -> None:
     import mlflow
 
     runs_dir = Path(ctx.cfg.runs_dir).resolve()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", (runs_dir / "mlruns").as_uri())
+    if "MLFLOW_TRACKING_URI" not in os.environ:  # MLflow 3 asks for this opt-in to its (maintained) file store
+        os.environ["MLFLOW_TRACKING_URI"] = (runs_dir / "mlruns").as_uri()
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment(ctx.work.run_dir.name if hasattr(ctx.work, "run_dir") else "align")
     if mlflow.active_run() is None:

@@ -40,8 +40,11 @@ def test_report_to_none_trains_without_tensorboard_events(runs_dir, tiny_model_d
 def test_mlflow_file_store_holds_metrics_params_and_artifacts(runs_dir, tiny_model_dir, monkeypatch):
     pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # the run sets both: removed after the test
     assert run_cli("sft", "--config", "tiny", f"runs_dir={runs_dir}", "--run", "tracked", "max_steps=2",
-                   "logging_steps=1", "report_to=[tensorboard,mlflow]") == 0
+                   "logging_steps=1", "report_to=[tensorboard,mlflow]",
+                   # a gate of one cheap check (CrowS-Pairs likelihoods on 6 pairs), as tests/core/test_run_safety.py
+                   "gate.enabled=true", "gate.benchmarks=[crows_pairs]", "gate.crows_pairs=6") == 0
     store = runs_dir / "mlruns"
     assert store.is_dir(), "the MLflow file store goes under the runs folder"
     metas = [m for m in store.rglob("meta.yaml") if m.parent.parent.name != ".trash" and (m.parent / "metrics").is_dir()]
@@ -55,6 +58,7 @@ def test_mlflow_file_store_holds_metrics_params_and_artifacts(runs_dir, tiny_mod
     assert manifest["stage"] == "sft" and manifest["run"] == "tracked"
     assert (run / "tags" / "align.status").read_text() == manifest["status"]
     gate_checks = [c["name"] for c in (manifest.get("gate") or {}).get("checks") or [] if c.get("value") is not None]
+    assert gate_checks, "the tiny recipe gates sft: its figures must reach MLflow"
     for name in gate_checks:
         assert (run / "metrics" / f"gate.{name}").is_file(), name
     assert any(folder.rglob("events.out.tfevents*") for folder in [runs_dir / "tracked" / "sft"])
