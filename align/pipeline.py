@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="run name (default: the recipe's name, so re-running resumes)")
     parser.add_argument("--override-gate", metavar="REASON",
                         help="carry on past a failed gate; the reason is recorded in each manifest")
-    from align.run import run_safety_arguments
+    from align.driver import run_safety_arguments
 
     run_safety_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (dotted keys)")

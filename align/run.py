@@ -74,18 +74,10 @@ def _common_stage_arguments(parser: argparse.ArgumentParser) -> None:
                              "started with)")
     parser.add_argument("--override-gate", metavar="REASON",
                         help="use a parent whose gate failed / promote despite a failed gate; the reason is recorded")
+    from align.driver import run_safety_arguments
+
     run_safety_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
-
-
-def run_safety_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that let a stage (or the pipeline) past a safety check, each recorded in the manifest."""
-    parser.add_argument("--resume-changed", action="store_true",
-                        help="resume an interrupted stage although its settings changed (the manifest records both "
-                             "values of each changed key)")
-    parser.add_argument("--allow-ungated", action="store_true",
-                        help="let a gated stage build on a parent trained with the gate off (status ungated; "
-                             "recorded)")
 
 
 def _run_stage_command(args) -> int:
