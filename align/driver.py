@@ -17,6 +17,8 @@ main one writes the run folder; the others wait for it and exit 0 (align/distrib
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import platform
 import resource
 import shutil
@@ -34,6 +36,10 @@ from align.runs import (Parent, StageWork, failed_checks, find_resumable, finger
                         new_run_name, package_versions, resolve_parent, write_json)
 from align.log import log
 from align.training import finish_trackers, trackers
+
+#: Where stage modules live: the driver finds a stage by name there (a plugin lookup, as align.config finds the
+#: recipe's sections through entry points), so the core never imports the stages above it.
+STAGE_PACKAGE = "align.stages"
 
 Stage = object  # a module following the protocol above
 
@@ -127,9 +133,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
     """Run one stage end to end; returns its finished folder. A failed gate (not overridden) leaves the model in
     runs/<run>/<stage>.gate_failed/, the promoted <stage>/ untouched, and raises a GateError (exit code 2)."""
     from align.models import choose_device, choose_dtype, resolve_source
-    from align.stages import stage_module
-
-    stage = stage_module(name)
+    stage = importlib.import_module(f"{STAGE_PACKAGE}.{name}")
     trackers(cfg)  # an unknown `report_to` name fails here, before any model loads
     device = choose_device(cfg.device)
     distributed.check_supported(name, stage, lora=cfg.lora.enabled)
@@ -180,7 +184,7 @@ def run_stage(name: str, cfg, *, parent_spec: str | None = None, run: str | None
 
     gate = None
     if is_gated(stage, cfg):
-        from align.gates.policy import run_gate
+        from align.gates.runner import run_gate
 
         gate = run_gate(str(work.output_dir), cfg.gate, stage=name, out_dir=work.output_dir,
                         parent_source=parent.source, parent_gate=(parent.manifest or {}).get("gate"),

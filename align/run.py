@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# Offline by default: nothing downloads at run time unless the user says so (HF_HUB_OFFLINE=0).
-for _var, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False"),
-                     ("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
-    os.environ.setdefault(_var, _value)
+from align.offline import set_offline_defaults
+
+set_offline_defaults()  # before anything imports huggingface_hub, datasets or gradio
 
 from align.errors import AlignError  # noqa: E402
 

@@ -289,23 +289,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_subcommand(prog: str, doc: str, add_arguments, main, argv: list[str]) -> int:
-    """A `python -m align.bench <name>` command: its parser (described by the first paragraph of `doc`), then
-    `main(args)`, errors as one line with exit code 2, as in `python -m align.run`."""
-    import align.run  # noqa: F401  (its import sets the offline defaults: HF_HUB_OFFLINE, ...)
-    from align.errors import AlignError
-
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_intermixed_args(argv)
-    try:
-        return main(args)
-    except AlignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
 def cli(argv: list[str] | None = None) -> int:
     """`python -m align.bench`: like `python -m align.run bench`, errors as one line with exit code 2.
     `python -m align.bench gate-power ...`: the gate's detection and false-alarm rates (align/bench/gate_power.py)."""
@@ -322,6 +305,6 @@ def cli(argv: list[str] | None = None) -> int:
         from align.bench.serve_load import cli as serve_load
 
         return serve_load(argv[1:])
-    from align.run import main as run_main
+    from align.bench.command import run_subcommand
 
-    return run_main(["bench", *argv])
+    return run_subcommand("python -m align.bench", __doc__, add_arguments, main, argv)

@@ -199,6 +199,6 @@ def main(args) -> int:
 
 
 def cli(argv: list[str]) -> int:
-    from align.bench import run_subcommand
+    from align.bench.command import run_subcommand
 
     return run_subcommand("python -m align.bench curate", __doc__, add_arguments, main, argv)

@@ -464,10 +464,10 @@ def gate_result(kind: str, seed: int, gate: dict, wall_s: float, cpu_s: float) -
 
 
 def run_one_gate(child: dict, seed: int, settings: dict, bench_dir: Path, progress: bool = True) -> dict:
-    """Gate one child against the parent at one seed (align.gates.policy.run_gate); reuses an earlier result when
+    """Gate one child against the parent at one seed (align.gates.runner.run_gate); reuses an earlier result when
     --reuse-gates is given and the child and the gate options are the same."""
     from align.config import to_dict
-    from align.gates.policy import run_gate
+    from align.gates.runner import run_gate
     from align.models import choose_device
     from align.runs import write_json
 
@@ -745,6 +745,6 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: list[str]) -> int:
     """`python -m align.bench gate-power ...`: errors as one line with exit code 2, as in `python -m align.run`."""
-    from align.bench import run_subcommand
+    from align.bench.command import run_subcommand
 
     return run_subcommand("python -m align.bench gate-power", __doc__, add_arguments, main, argv)

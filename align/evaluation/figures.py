@@ -133,7 +133,7 @@ def judged_units(units) -> list[dict]:
 
 def judge_section(units, model: dict, baseline: dict | None, scores: dict, make: FigureMaker,
                   n_resamples: int, seed: int) -> dict:
-    from align.evaluation.judge import win_rates
+    from align.evaluation.win_rate import win_rates
 
     judged = judged_units(units)
     ids = [u["id"] for u in judged]

@@ -99,7 +99,7 @@ def print_gate(gate: dict, out_dir: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from align.config import load_recipe
-    from align.gates.policy import run_gate
+    from align.gates.runner import run_gate
     from align.models import resolve_source
 
     cfg = load_recipe(args.config, args.overrides, command="gate")

@@ -348,14 +348,3 @@ def judge(metrics: dict[str, dict], parent_values: dict[str, float] | None, limi
 
 def verdict(checks: list[dict], error: str | None) -> str:
     return "pass" if error is None and all(c["passed"] for c in checks) else "fail"
-
-
-def run_gate(model_source: str, options=None, *, stage: str | None, out_dir, parent_source: str | None = None,
-             parent_gate: dict | None = None, model_options=None, device: str = "auto",
-             override_reason: str | None = None, progress: bool = True) -> dict:
-    """Gate a model and return the manifest's "gate" object; see align.gates.runner.run_gate (the driver's entry)."""
-    from align.gates.runner import run_gate as _run_gate
-
-    return _run_gate(model_source, options, stage=stage, out_dir=out_dir, parent_source=parent_source,
-                     parent_gate=parent_gate, model_options=model_options, device=device,
-                     override_reason=override_reason, progress=progress)

@@ -39,8 +39,9 @@ LAYERS = {
     "align.hashing": 0,
     "align.manifests": 0,
     "align.log": 0,
-    "align.log": 0,
+    "align.offline": 0,
     "align.data": 1,
+    "align.data.curate": 2,  # curation steps: they use the gates' scorer and the policy's tokenizer (core)
     "align.stages": 3,
     "align.ui": 3,
     "align.pipeline": 3,
@@ -49,7 +50,7 @@ LAYERS = {
     "align.candidates": 3,
     "align.evaluation.command": 3,
     "align.gates.command": 3,
-    "align.serving.cli": 3,
+    "align.serving": 3,  # an app like align.ui (it serves the chat app's models)
     "align.run": 4,
 }
 LAYER_NAMES = {0: "core utility", 1: "data", 2: "core", 3: "stage/app", 4: "CLI"}

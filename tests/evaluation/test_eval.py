@@ -33,7 +33,7 @@ def _judgements(win_probability, seed=0, n=400):
 
 
 def test_length_controlled_win_rate_discounts_wins_bought_with_length():
-    from align.evaluation.judge import win_rates
+    from align.evaluation.win_rate import win_rates
 
     # The model wins only by being longer: P(win) rises with the length difference, is 1/2 at zero difference.
     wins, model_len, base_len = _judgements(lambda d: 1 / (1 + np.exp(-d / 60)))
@@ -51,7 +51,7 @@ def test_length_controlled_win_rate_discounts_wins_bought_with_length():
 
 
 def test_ties_count_half_and_identical_replies_are_even():
-    from align.evaluation.judge import win_rates
+    from align.evaluation.win_rate import win_rates
 
     scores = np.array([0.3, -1.0, 2.0, 0.5])
     lengths = np.array([10, 50, 30, 20])
@@ -195,7 +195,7 @@ def test_a_missing_model_is_one_line_and_exit_2(eval_cache, tmp_path, capsys):
 def test_logistic_fit_is_scikit_learns_l2_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
-    from align.evaluation.judge import logistic_fit
+    from align.evaluation.win_rate import logistic_fit
 
     rng = np.random.default_rng(3)
     x = np.tanh(rng.normal(0, 1, 300))

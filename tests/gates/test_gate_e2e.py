@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from align.gates.policy import GateOptions, as_options, run_gate
+from align.gates.policy import GateOptions, as_options
+from align.gates.runner import run_gate
 from tests.helpers import run_cli
 
 TINY_SIZES = dict(toxicity_prompts=9, samples_per_prompt=2, max_new_tokens=6, crows_pairs=12, bbq=12,
