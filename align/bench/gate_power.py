@@ -92,12 +92,12 @@ def toxic_comments(source: str = "davidson", min_toxicity: float = 0.5, max_char
     share of annotators voting hate speech or offensive is >= min_toxicity, cleaned as the scorer's training reads
     them (handles -> @user, links -> http). Both at most max_chars characters and at least TOXIC_MIN_WORDS words."""
     from align.errors import ConfigError
-    from align.gates import toxicity_train
+    from align.data import toxicity_labels
 
     if source not in TOXIC_SOURCES:
         raise ConfigError(f"gate-power: toxic source {source!r}: choose from {', '.join(TOXIC_SOURCES)}")
-    path = Path(toxicity_train.TOXICITY_DATA_DIR) / TOXIC_SOURCES[source]
-    frame = toxicity_train.load_civil_comments(path) if source == "civil" else toxicity_train.load_davidson(path)
+    path = Path(toxicity_labels.TOXICITY_DATA_DIR) / TOXIC_SOURCES[source]
+    frame = toxicity_labels.load_civil_comments(path) if source == "civil" else toxicity_labels.load_davidson(path)
     seen, rows = set(), []
     for number, (text, toxicity) in enumerate(zip(frame["text"], frame["toxicity"]), 1):
         text = " ".join(str(text).split())

@@ -29,13 +29,12 @@ from align.errors import ModelError
 from align.gates.toxicity_train import (
     CHECKPOINT_NAME,
     CONFIG_FOLDER,
-    LABELS,
     SCORER_NAME,
     blend,
     build_offline_checkpoint,
-    normalize_text,
     read_report,
 )
+from align.data.toxicity_labels import LABELS, normalize_text
 
 OFFLINE = "offline"
 OFFICIAL_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")

@@ -32,12 +32,12 @@ from align.gates.toxicity_train import (
     SPLIT_SEED,
     BuildOptions,
     auroc_by_label,
-    load_labeled_rows,
     make_options,
     select_training_rows,
     split_heldout,
     train_scorer,
 )
+from align.data.toxicity_labels import load_labeled_rows
 from align.log import get
 from align.paths import cache_dir
 

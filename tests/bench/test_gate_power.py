@@ -29,7 +29,7 @@ def settings_for(out_dir: Path, *argv: str) -> dict:
 def toxic_texts(source: str, threshold: float = 0.5) -> set[str]:
     """Every labeled text at or above the threshold, read straight from the shipped CSV (tweets cleaned as the
     scorer's training reads them)."""
-    from align.gates.toxicity_train import clean_tweet
+    from align.data.toxicity_labels import clean_tweet
 
     name = {"civil": "civilcomments-5k.csv", "davidson": "davidson-hate-offensive.csv"}[source]
     with open(DATA_DIR / "toxicity" / name, newline="", encoding="utf-8") as handle:

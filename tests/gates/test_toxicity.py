@@ -13,6 +13,7 @@ import torch
 
 from align.errors import DataError, ModelError
 from align.gates import toxicity_train as tt
+from align.data import toxicity_labels
 from align.gates.toxicity import ToxicityScorer, load_scorer
 from align.gates.toxicity_bow import BagOfWords
 
@@ -195,7 +196,7 @@ def test_davidson_votes_map_to_soft_labels(tmp_path):
         "1,4,0,3,1,1,offensive tweet\n"
         "2,3,0,0,3,2,a nice tweet\n"
     )
-    rows = tt.load_davidson(path)
+    rows = toxicity_labels.load_davidson(path)
     assert rows["toxicity"].tolist() == [1.0, 0.75, 0.0]
     assert rows["identity_attack"].tolist() == pytest.approx([2 / 3, 0.0, 0.0])
     assert rows["obscene"].tolist() == pytest.approx([1 / 3, 0.75, 0.0])
@@ -205,11 +206,11 @@ def test_davidson_votes_map_to_soft_labels(tmp_path):
 
     path.write_text(",count,hate_speech,offensive_language,neither,class,tweet\n0,3,x,1,0,0,t\n")
     with pytest.raises(DataError, match=r"davidson.csv, row 1, field 'hate_speech'"):
-        tt.load_davidson(path)
+        toxicity_labels.load_davidson(path)
 
 
 def test_heldout_split_is_fixed_and_never_trained_on():
-    rows = tt.load_labeled_rows()
+    rows = toxicity_labels.load_labeled_rows()
     pool, heldout = tt.split_heldout(rows)
     _, again = tt.split_heldout(rows)
     assert heldout.index.equals(again.index)

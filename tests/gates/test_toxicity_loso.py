@@ -10,6 +10,7 @@ import pytest
 
 from align.gates import toxicity_bow, toxicity_loso as tl
 from align.gates import toxicity_train as tt
+from align.data import toxicity_labels
 from tests.gates.test_toxicity import tiny_bert  # noqa: F401  (the 2-layer BERT fixture)
 
 
@@ -51,7 +52,7 @@ def test_a_fold_never_trains_on_its_left_out_source(rows):
 
 
 def test_the_shipped_folds_keep_their_sources_apart():
-    rows = tt.load_labeled_rows()
+    rows = toxicity_labels.load_labeled_rows()
     pool, _ = tt.split_heldout(rows)
     train_rows = tt.select_training_rows(pool, tt.BuildOptions())
     for fold in tl.loso_folds(rows, train_rows):
