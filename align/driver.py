@@ -109,7 +109,7 @@ def is_gated(stage, cfg) -> bool:
     return bool(cfg.gate.enabled) and getattr(stage, "GATED", True)
 
 
-def run_safety_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: F821  (annotation only)
+def run_safety_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that let a stage (or the pipeline) past a safety check, each recorded in the manifest."""
     parser.add_argument("--resume-changed", action="store_true",
                         help="resume an interrupted stage although its settings changed (the manifest records both "

@@ -24,6 +24,7 @@ from align.log import log
 
 PREFERENCE_STAGES = ("rm", "dpo")
 CURATE = "curate"  # a data step (stages/curate.py) the pipeline may run first; `curate.into` names who trains on it
+NOT_A_POLICY = ("rm", CURATE)  # entries of pipeline.stages whose output is no model to chat with, judge or evaluate
 
 
 @dataclass
@@ -172,7 +173,7 @@ def evaluate_against_base(cfg, run_dir: Path, stages: list[str]) -> tuple[list[d
     from align.runs import PROMOTABLE, read_manifest
 
     options = cfg.pipeline
-    promoted = [s for s in stages if s not in ("rm", CURATE) and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE]
+    promoted = [s for s in stages if s not in NOT_A_POLICY and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE]
     todo = ([promoted[-1]] if promoted and options.eval_final else []) + \
         (["sft"] if options.eval_sft and "sft" in promoted and promoted[-1:] != ["sft"] else [])
     evaluations = []
@@ -205,7 +206,7 @@ def judge_final_against_base(cfg, run_dir: Path, stages: list[str]) -> dict | No
     from align.runs import PROMOTABLE, read_manifest, sha256_file, write_json
 
     options = cfg.pipeline
-    final = next((s for s in reversed(stages) if s not in ("rm", CURATE)
+    final = next((s for s in reversed(stages) if s not in NOT_A_POLICY
                   and (read_manifest(run_dir / s) or {}).get("status") in PROMOTABLE), None)
     if options.final_eval_prompts <= 0 or final is None \
             or (read_manifest(run_dir / "rm") or {}).get("status") not in PROMOTABLE:

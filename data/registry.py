@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -126,8 +127,8 @@ def _read_rows(path: Path) -> tuple[list, list[int] | None]:
         if name.endswith(".csv"):
             import pandas as pd
 
-            numbers = _csv_line_numbers(path)
-            frame = pd.read_csv(path)
+            text, numbers = _csv_text_and_line_numbers(path)
+            frame = pd.read_csv(io.StringIO(text))
             rows = [{k: _maybe_json(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
             return rows, numbers if len(numbers) == len(rows) else None
     except (OSError, ValueError, EOFError) as exc:  # EOFError: a truncated .gz
@@ -138,29 +139,28 @@ def _read_rows(path: Path) -> tuple[list, list[int] | None]:
     raise DataError(path, None, None, "unknown file type: use .jsonl, .jsonl.gz, .json, .parquet or .csv")
 
 
-def _csv_line_numbers(path: Path) -> list[int]:
-    """The file line each CSV record starts on: blank lines skipped (as pandas does), a quoted field that spans
-    lines counted whole, the header not a record. Raises DataError at the first line that is not UTF-8."""
+def _csv_text_and_line_numbers(path: Path) -> tuple[str, list[int]]:
+    """The file's text (read once, for pandas too) and the line each CSV record starts on: blank lines skipped (as
+    pandas does), a quoted field that spans lines counted whole, the header not a record. Raises DataError at the
+    first line that is not UTF-8."""
     import csv
 
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(path, number, None, "not UTF-8 text") from None
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not text
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the line the first bad byte is on
+        raise DataError(path, data[:exc.start].count(b"\n") + 1, None, "not UTF-8 text") from None
     numbers, previous, header = [], 0, True
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        for record in reader:
-            start, previous = previous + 1, reader.line_num
-            if not record:
-                continue
-            if header:
-                header = False
-                continue
-            numbers.append(start)
-    return numbers
+    reader = csv.reader(io.StringIO(text, newline=""))
+    for record in reader:
+        start, previous = previous + 1, reader.line_num
+        if not record:
+            continue
+        if header:
+            header = False
+            continue
+        numbers.append(start)
+    return text, numbers
 
 
 def _maybe_json(value):
