@@ -3,7 +3,8 @@
 One step = one rollout of `batch_size` prompts, then `ppo_epochs` passes over it in minibatches of
 `mini_batch_size` (each split into `grad_accum` micro-batches). Following the N-details reproduction of Ziegler
 et al. 2019 (Huang et al., "The N Implementation Details of RLHF with PPO"):
-- the policy samples at `temperature` and its log-probabilities are always computed from logits / temperature;
+- the policy samples at `temperature` and its log-probabilities are always computed from logits / temperature
+  (align.logprobs.score_targets: only the reply positions go through the LM head);
 - dropout is off in every model (policy, reference, value), so old and new log-probabilities agree at the start;
 - the score is normalised with a gain and bias so the *initial* policy's replies have mean 0 and std 1 (Ziegler
   2019 §2.1), optionally clipped, and a reply that never reaches EOS gets a fixed score instead (N-details);
@@ -31,6 +32,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from align.logprobs import score_targets, token_logprobs
 from align.ppo import core
 from align.ppo.settings import PPOSettings  # noqa: F401  (the loop's settings; re-exported)
 from align.paths import move_into_place
@@ -74,48 +76,38 @@ class ActorCritic(nn.Module):
 
     def forward(self, query_ids, query_mask, reply_ids, reply_mask, temperature: float):
         """Per reply token: log-probability of the sampled token, entropy of the policy, and the value."""
-        ids, attention, positions = _joined(query_ids, query_mask, reply_ids, reply_mask)
+        ids, attention, positions, targets = _joined(query_ids, query_mask, reply_ids, reply_mask)
         width = reply_ids.shape[1]
         shared = self.value_trunk is None
-        out = self.lm(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=width + 1,
-                      output_hidden_states=shared, use_cache=False)
-        logprobs, entropy = _token_logprobs(out.logits, reply_ids, temperature, with_entropy=True)
+        scored = score_targets(self.lm, ids, attention, targets, temperature=temperature, entropy=True,
+                               position_ids=positions, output_hidden_states=shared, use_cache=False)
         if shared:
-            hidden = out.hidden_states[-1][:, -width - 1:-1]
+            hidden = scored.output.hidden_states[-1][:, -width - 1:-1]
         else:
             hidden = self.value_trunk(input_ids=ids, attention_mask=attention, position_ids=positions,
                                       use_cache=False).last_hidden_state[:, -width - 1:-1]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return logprobs, entropy, values
+        return scored.logprobs[:, -width:], scored.entropy[:, -width:], values
 
 
 def _joined(query_ids, query_mask, reply_ids, reply_mask):
+    """The query and reply side by side: ids, attention mask, position ids, and the reply's tokens as targets."""
     ids = torch.cat([query_ids, reply_ids], dim=1)
     attention = torch.cat([query_mask, reply_mask.to(query_mask.dtype)], dim=1)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
-    return ids, attention, positions
-
-
-def _token_logprobs(logits, reply_ids, temperature: float, with_entropy: bool = False):
-    """Log-probabilities (and entropies) of the reply tokens from logits over the last Lr+1 positions."""
-    from trl.trainer.utils import entropy_from_logits, selective_log_softmax
-
-    logits = logits[:, :-1].float() / temperature
-    logprobs = selective_log_softmax(logits, reply_ids)
-    if not with_entropy:
-        return logprobs, None
-    return logprobs, entropy_from_logits(logits)
+    targets = torch.cat([torch.zeros_like(query_mask, dtype=torch.bool), reply_mask.bool()], dim=1)
+    return ids, attention, positions, targets
 
 
 @torch.no_grad()
 def reference_logprobs(reference, query_ids, query_mask, reply_ids, reply_mask, temperature: float,
                        context: Callable | None = None) -> torch.Tensor:
     """Log-probabilities of the reply tokens under the frozen reference (context: e.g. peft's disable_adapter)."""
-    ids, attention, positions = _joined(query_ids, query_mask, reply_ids, reply_mask)
+    ids, attention, positions, targets = _joined(query_ids, query_mask, reply_ids, reply_mask)
     with (context() if context else nullcontext()):
-        logits = reference(input_ids=ids, attention_mask=attention, position_ids=positions,
-                           logits_to_keep=reply_ids.shape[1] + 1, use_cache=False).logits
-    return _token_logprobs(logits, reply_ids, temperature)[0]
+        logprobs = token_logprobs(reference, ids, attention, targets, temperature, position_ids=positions,
+                                  use_cache=False)
+    return logprobs[:, -reply_ids.shape[1]:]
 
 
 def disable_dropout(*models) -> None:

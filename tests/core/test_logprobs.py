@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from align.logprobs import eval_mode, token_logprobs
+from align.logprobs import eval_mode, score_targets, token_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,31 @@ def test_token_logprobs_equal_the_full_softmax_on_a_padded_batch_of_different_le
         with torch.no_grad():
             single = token_logprobs(tiny_lm, *alone).sum()
         assert torch.allclose(got[i].sum(), single, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_temperature_and_entropy_equal_the_full_softmax_of_the_scaled_logits(tiny_lm, temperature):
+    """PPO's use: left-padded queries, right-padded replies (targets: the replies' real tokens), logits / T."""
+    g = torch.Generator().manual_seed(2)
+    rows = [(torch.randint(1, 97, (n,), generator=g).tolist(), start) for n, start in [(9, 5), (6, 2), (7, 6)]]
+    ids, attention, targets = _batch(rows, "left")
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        got = score_targets(tiny_lm, ids, attention, targets, temperature=temperature, entropy=True,
+                            position_ids=positions, output_hidden_states=True)
+        logits = tiny_lm(input_ids=ids, attention_mask=attention, position_ids=positions).logits.float()[:, :-1]
+    full = torch.log_softmax(logits / temperature, -1)
+    want = full.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * targets[:, 1:]
+    want_entropy = -(full.exp() * full).sum(-1) * targets[:, 1:]
+    assert torch.allclose(got.logprobs[:, 1:], want, atol=1e-5)
+    assert torch.allclose(got.entropy[:, 1:], want_entropy, atol=1e-5)
+    assert (got.entropy[targets] > 0).all() and (got.entropy[~targets] == 0).all()
+    # the temperature matters (the figures are not those at T = 1), and token_logprobs takes it too
+    assert not torch.allclose(got.logprobs, token_logprobs(tiny_lm, ids, attention, targets, position_ids=positions))
+    assert torch.allclose(got.logprobs, token_logprobs(tiny_lm, ids, attention, targets, temperature,
+                                                       position_ids=positions), atol=1e-6)
+    # the model's output comes back (its hidden states cover every position, for a value head on the same pass)
+    assert got.output.hidden_states[-1].shape[:2] == ids.shape
 
 
 def test_a_model_without_logits_to_keep_gets_the_same_figures(tiny_lm):
