@@ -20,20 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from align.config import ALL_OR_POSITIVE, LR_SCHEDULERS, POSITIVE, SHARE, TrainOptions, opt
-from align.ppo.settings import PPOSettings
+from align.config import ALL_OR_POSITIVE, POSITIVE, TrainOptions, opt
+from align.ppo.settings import PPOLoopOptions
 from align.log import log
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 # One process only for now: every process would sample the same prompts and write the same checkpoints.
 DISTRIBUTED = False
-# The loop's defaults live in one place, align.ppo.trainer.PPOSettings; the recipe
-# section takes them from there.
-_LOOP = PPOSettings()
 
 
 @dataclass
-class Options(TrainOptions):
+class Options(PPOLoopOptions, TrainOptions):
+    """The loop's knobs (align.ppo.settings.PPOLoopOptions: rollouts, rewards, KL, PPO), TrainOptions', and these."""
+
     # Data and reward.
     data: str = opt("hh-harmless", "prompts to train on: the prompts of preference or chat data, or prompt rows "
                                    "({\"prompt\": [messages]}); its test split is held out for evaluation")
@@ -41,51 +40,15 @@ class Options(TrainOptions):
                                          "(default: the test split of `data`)")
     reward: Optional[str] = opt(None, "reward model: an rm stage folder (default: the rm of this run, else of the "
                                       "parent's run, else the latest promoted rm, said so)")
-    # Rollouts.
-    batch_size: int = opt(_LOOP.batch_size, "prompts per rollout (one PPO step)", **POSITIVE)
-    max_new_tokens: int = opt(_LOOP.max_new_tokens, "longest reply sampled; a reply that does not end by then "
-                                                    "counts as unfinished", **POSITIVE)
-    temperature: float = opt(_LOOP.temperature, "sampling temperature; training log-probs use the same (N-details)",
-                              above=0)
     max_length: int = opt(320, "prompt + reply tokens; longer prompts are left out", **POSITIVE)
     max_prompt_length: int = opt(-1, "prompt token budget: the earliest turns of a longer prompt are left out (the "
                                      "last user turn always stays), for training and held-out prompts; -1 = all",
                                  **ALL_OR_POSITIVE)
-    # Rewards.
-    normalize_reward: bool = opt(_LOOP.normalize_reward, "normalise the RM score to mean 0 / std 1 on the initial "
-                                                          "policy's replies (Ziegler et al. 2019)")
-    reward_clip: float = opt(_LOOP.reward_clip, "clip the (normalised) score to [-c, c]; 0 = off", min=0.0)
-    whiten_rewards: bool = opt(_LOOP.whiten_rewards, "whiten the per-token rewards of each rollout (N-details option)")
-    missing_eos_score: Optional[float] = opt(_LOOP.missing_eos_score, "score of a reply that never ends (N-details); "
-                                                                   "null = off")
-    length_penalty: float = opt(_LOOP.length_penalty, "subtract this times the reply's token count from its score",
-                                 min=0.0)
     toxicity_penalty: float = opt(0.0, "subtract this times P(toxic) from the gates' scorer; 0 = off", min=0.0)
     toxicity_model: str = opt("offline", "toxicity scorer for the penalty (see `align.run toxicity-model`)")
-    # KL to the reference.
-    kl_coef: float = opt(_LOOP.kl_coef, "initial KL coefficient beta", min=0.0)
-    adaptive_kl: bool = opt(_LOOP.adaptive_kl, "adapt beta towards kl_target (Ziegler et al. 2019); false = fixed beta")
-    kl_target: float = opt(_LOOP.kl_target, "target KL per reply, in nats (Ziegler et al. 2019)", above=0)
-    kl_horizon: float = opt(_LOOP.kl_horizon, "the adaptive controller's horizon, in replies (Ziegler et al. 2019)",
-                              above=0)
-    kl_estimator: str = opt(_LOOP.kl_estimator, "per-token KL estimate in the reward: k1 (log ratio), k3, abs, mse",
-                            choices=("k1", "k3", "abs", "mse"))
-    # PPO.
     value_model: str = opt("head", "value function: head (a head on the policy) or rm (separate, initialised "
                                    "from the reward model, as InstructGPT)", choices=("head", "rm"))
-    ppo_epochs: int = opt(_LOOP.ppo_epochs, "passes over each rollout", **POSITIVE)
-    mini_batch_size: int = opt(_LOOP.mini_batch_size, "replies per gradient step (split into grad_accum micro-batches)",
-                              **POSITIVE)
-    gamma: float = opt(_LOOP.gamma, "discount", **SHARE)
-    lam: float = opt(_LOOP.lam, "GAE lambda", **SHARE)
-    clip_range: float = opt(_LOOP.clip_range, "PPO ratio clip", above=0)
-    clip_range_value: float = opt(_LOOP.clip_range_value, "value clip around the rollout's values", above=0)
-    vf_coef: float = opt(_LOOP.vf_coef, "value loss weight", min=0.0)
-    adam_eps: float = opt(_LOOP.adam_eps, "Adam epsilon (N-details)", above=0)
-    lr: float = opt(_LOOP.lr, "peak learning rate", above=0)
-    lr_scheduler: str = opt(_LOOP.lr_scheduler, "learning-rate schedule (linear decay to 0, as N-details)",
-                            choices=LR_SCHEDULERS)
-    warmup_ratio: float = opt(_LOOP.warmup_ratio, "share of updates spent warming up", **SHARE)
+    # The comparison with the parent.
     eval_temperature: float = opt(1.0, "sampling temperature of the comparison with the parent (DPO uses the same)",
                                     above=0)
     eval_max_new_tokens: int = opt(48, "reply length of the comparison with the parent", **POSITIVE)
