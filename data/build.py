@@ -8,6 +8,7 @@ touched. Rows are TRL's conversational formats:
 
 - chat:       {"messages": [{"role": "system|user|assistant", "content": ...}, ...]}
 - preference: {"prompt": [messages...], "chosen": [assistant message], "rejected": [assistant message]}
+- unpaired:   {"prompt": [messages...], "completion": [assistant message], "label": true|false} (KTO)
 
 Each dataset is split once into train and test (10 % test) by a seeded permutation of *groups* of rows, so
 that rows sharing a conversation never straddle the split (HH: the first user turn, OpenAssistant: the
@@ -272,7 +273,7 @@ class Dataset:
     """One shipped dataset: its rows per split and what the conversion dropped."""
 
     name: str
-    kind: str  # "chat" | "preference"
+    kind: str  # "chat" | "preference" | "unpaired"
     license: str
     source: str
     notes: str
@@ -408,12 +409,38 @@ def build_llamafactory_dpo(shared: Path) -> Dataset:
     return dataset
 
 
+def labelled_conversation_to_unpaired(row: dict) -> dict:
+    """A LLaMA-Factory KTO row ({"messages": [..., assistant reply], "label": bool}) as a TRL unpaired row: the
+    turns before the last reply as the prompt, the last reply as the completion."""
+    messages = [message(m["role"], str(m.get("content") or "").strip()) for m in row["messages"]]
+    if not isinstance(row.get("label"), bool):
+        raise Dropped("label is not true or false")
+    check_alternation(messages, last_role="assistant")
+    if len(messages) < 2:
+        raise Dropped("no turns")
+    return {"prompt": messages[:-1], "completion": messages[-1:], "label": row["label"]}
+
+
+def build_llamafactory_kto(shared: Path) -> Dataset:
+    """LLaMA-Factory's KTO demo (conversations labelled desirable or not) as TRL unpaired rows."""
+    dataset = Dataset(
+        "llamafactory-kto-en-demo", "unpaired", "Apache-2.0",
+        "https://github.com/hiyouga/LLaMA-Factory (data/kto_en_demo.json)",
+        notes=("Labelled conversations: every turn but the last as the prompt, the last (model-written) assistant "
+               "reply as the completion, `label` true (desirable) or false (undesirable). License file: "
+               "licenses/llamafactory.LICENSE."))
+    rows = json.loads((shared / "preferences" / "llamafactory-kto-en-demo.json").read_text(encoding="utf-8"))
+    convert_rows(dataset, rows, labelled_conversation_to_unpaired,
+                 group=lambda row: json.dumps(row["prompt"], ensure_ascii=False))
+    return dataset
+
+
 def build_all(shared: Path) -> list[Dataset]:
-    """Every shipped dataset, in catalog order (chat first, then preferences)."""
+    """Every shipped dataset, in catalog order (chat first, then preferences, then unpaired examples)."""
     hh_chat, hh_preference = build_hh(shared)
     oasst_chat, oasst_preference = build_oasst(shared)
     return [hh_chat, oasst_chat, build_alpaca(shared),
-            hh_preference, oasst_preference, build_llamafactory_dpo(shared)]
+            hh_preference, oasst_preference, build_llamafactory_dpo(shared), build_llamafactory_kto(shared)]
 
 
 # --------------------------------------------------------------------------------------------- output

@@ -16,6 +16,12 @@ Consensus rule (what `export` turns into preference rows):
     split votes and all-unacceptable labels never produce a row, and an item whose annotators
     are not strictly in majority for any pair gives no rows.
 
+Unpaired rule (what `export_kto` turns into desirable / undesirable examples for KTO):
+    Each annotator who labeled the item votes "top" for the replies of their first tier and "bottom" for those of
+    their last tier (a ranking of one tier, all tied, votes neither); a label marked all unacceptable votes
+    "bottom" for every reply. A reply is desirable when **more than half of the item's annotators** vote it top,
+    undesirable when more than half vote it bottom; otherwise it gives no example.
+
 Agreement (the admin view), over items with at least two ranked (not all-unacceptable) labels:
     * pairwise agreement: for every item, every pair of annotators and every pair of replies,
       do the two annotators give the same relation (a>b, a<b, or tie)? The figure is the share
@@ -117,6 +123,34 @@ def consensus_pairs(labels: Sequence[RankedLabel], reply_ids: Sequence[int]) -> 
             pairs.append((b, a))
     wins = {r: sum(1 for chosen, _ in pairs if chosen == r) for r in reply_ids}
     return sorted(pairs, key=lambda p: (-wins[p[0]], p[0], p[1]))
+
+
+def consensus_unpaired(labels: Sequence[RankedLabel], reply_ids: Sequence[int]) -> list[tuple[int, bool]]:
+    """(reply id, desirable) for the replies the item's annotators agree are its best or worst, by the module's
+    unpaired rule, in reply-id order."""
+    if not labels:
+        return []
+    needed = len(labels) // 2 + 1
+    top: dict[int, int] = {}
+    bottom: dict[int, int] = {}
+    for label in labels:
+        if label.all_unacceptable:
+            worst, best = list(reply_ids), []
+        elif len(label.ranking) >= 2:
+            best, worst = label.ranking[0], label.ranking[-1]
+        else:
+            continue
+        for reply in best:
+            top[reply] = top.get(reply, 0) + 1
+        for reply in worst:
+            bottom[reply] = bottom.get(reply, 0) + 1
+    verdicts = []
+    for reply in sorted(reply_ids):
+        if top.get(reply, 0) >= needed:
+            verdicts.append((reply, True))
+        elif bottom.get(reply, 0) >= needed:
+            verdicts.append((reply, False))
+    return verdicts
 
 
 def agreement(items: Mapping[int, Sequence[RankedLabel]]) -> dict:

@@ -98,7 +98,7 @@ def check_preference_row(row, source: str, number: int) -> dict:
 
 def _empty_reply_message(exc: DataError) -> DataError:
     """check_messages says a content 'is empty'; for a reply, call it what it is."""
-    if exc.message == "is empty" and exc.field and exc.field.startswith(("chosen", "rejected")):
+    if exc.message == "is empty" and exc.field and exc.field.startswith(("chosen", "rejected", "completion")):
         return DataError(exc.file, exc.row, exc.field, "empty reply")
     return exc
 
@@ -108,29 +108,37 @@ def load_preferences(spec: str, split: str = "train", limit: int = -1, on_bad: s
 
     `limit` counts rows read, before bad ones are dropped, so the same rows are read whatever the policy.
     """
+    return load_checked(spec, split, check_preference_row, kind="preference", limit=limit, on_bad=on_bad)
+
+
+def load_checked(spec: str, split: str, check_row, *, kind: str, limit: int = -1, on_bad: str = "drop") -> Rows:
+    """A spec's split checked row by row with `check_row(row, source, number)` (a clean row, a list of clean rows,
+    or a DataError), under the bad-row policy of the module docstring: `refuse` raises the first DataError with the
+    numbers of the others, `drop` leaves them out and lists them in `Rows.dropped`. `kind` names the rows in
+    messages and decides which shipped datasets fit (data.registry)."""
     if on_bad not in ON_BAD:
         raise ConfigError(f"on_bad_rows={on_bad!r}: choose drop or refuse")
     bad: list[DataError] = []
 
     def check(row, source: str, number: int):
         try:
-            return check_preference_row(row, source, number)
+            return check_row(row, source, number)
         except DataError as exc:
             bad.append(_empty_reply_message(exc))
             return None
 
-    loaded = load_rows(spec, split, check, kind="preference", limit=limit)
+    loaded = load_rows(spec, split, check, kind=kind, limit=limit)
     if bad and on_bad == "refuse":
         first = bad[0]
         more = f" ({len(bad) - 1} more bad rows: {_row_list(bad[1:])}; on_bad_rows=drop leaves them out)" if len(bad) > 1 else ""
         raise DataError(first.file, first.row, first.field, first.message + more)
-    kept = [row for row in loaded.rows if row is not None]
+    kept = [clean for row in loaded.rows if row is not None for clean in (row if isinstance(row, list) else [row])]
     dropped = [_describe(exc) for exc in bad]
     if dropped:
         shown = "; ".join(dropped[:SHOWN_IN_SUMMARY]) + (" ..." if len(dropped) > SHOWN_IN_SUMMARY else "")
-        log.info(f"{spec} ({split}): dropped {len(dropped)} of {len(loaded.rows)} preference rows: {shown}")
+        log.info(f"{spec} ({split}): dropped {len(dropped)} of {len(loaded.rows)} {kind} rows: {shown}")
     if not kept:
-        raise DataError(loaded.source, None, None, f"the {split} split has no usable preference rows "
+        raise DataError(loaded.source, None, None, f"the {split} split has no usable {kind} rows "
                                                    f"({len(dropped)} dropped)")
     return Rows(spec=loaded.spec, split=split, rows=kept, source=loaded.source, sha256=loaded.sha256,
                 dropped=dropped)

@@ -4,7 +4,8 @@ A spec is one of:
 - a shipped dataset name from data/catalog.json (`hh-harmless-chosen`, `hh-harmless`, ...; `python -m align.run
   data` lists them), with its fixed train/test split;
 - a path to the user's own file: JSONL, JSON (a list of rows), Parquet or CSV;
-- `labels:<store path or database URL>`: the pairs exported by align's labeling UI;
+- `labels:<store path or database URL>`: what align's label store exports: preference pairs (the labeling app's
+  rankings, the chat's compare choices) or, for unpaired data (kto), its thumbs and top/bottom-ranked replies;
 - a hub id (`org/name`, loaded with `datasets.load_dataset`; needs the hub or its local cache);
 - `curated` (the newest finished `python -m align.run curate` under ./runs, or $ALIGN_RUNS_DIR), `curated:<run
   folder>`, or a curate folder's path (runs/<run>/curate): the curated rows, with the splits curation kept;
@@ -57,6 +58,7 @@ class Rows:
     sha256: str
     dropped: list[str] = field(default_factory=list)  # "row N: reason" for rows left out by policy
     prompts_trimmed: int = 0  # prompts that lost their earliest turns to a token budget
+    counts: dict = field(default_factory=dict)  # a loader's own tallies for the manifest (KTO: desirable, undesirable)
 
     def manifest_entry(self) -> dict:
         entry = {"spec": shown_spec(self.spec), "split": self.split, "rows": len(self.rows), "sha256": self.sha256,
@@ -65,7 +67,7 @@ class Rows:
             entry["dropped"] = len(self.dropped)
         if self.prompts_trimmed:
             entry["prompts_trimmed"] = self.prompts_trimmed
-        return entry
+        return {**entry, **self.counts}
 
     def to_dataset(self):
         from datasets import Dataset
@@ -179,6 +181,18 @@ def _holdout(rows: list, split: str) -> list:
     return test if split == "test" else [r for i, r in enumerate(rows, 1) if i % HOLDOUT_EVERY != 0]
 
 
+#: the kinds of shipped data a loader of each kind reads (unpaired data also comes from pairs, split in two)
+KINDS_READ = {"unpaired": ("unpaired", "preference")}
+
+
+def _fits(kind: str | None, found: str | None) -> bool:
+    return not kind or not found or found in KINDS_READ.get(kind, (kind,))
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
 def _digest(rows: list) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -209,7 +223,7 @@ def _read_curated(folder: Path, split: str, kind: str | None) -> tuple[list, str
     from align.manifests import read_manifest
 
     curated_kind = ((read_manifest(folder) or {}).get("metrics") or {}).get("kind")
-    if kind and curated_kind and curated_kind != kind:
+    if not _fits(kind, curated_kind):
         raise DataError(folder, None, None, f"holds curated {curated_kind} data, this stage needs {kind} data")
     rows, numbers, digests = [], [], []
     for name in (("train", "test") if split == "all" else (split,)):
@@ -230,24 +244,18 @@ def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str
         return _read_curated(curated, split, kind)
     if spec in catalog():
         entry = catalog()[spec]
-        if kind and entry["kind"] != kind:
-            raise DataError(spec, None, None, f"is a {entry['kind']} dataset, this stage needs {kind} data")
+        if not _fits(kind, entry["kind"]):
+            raise DataError(spec, None, None, f"is {_a(entry['kind'])} dataset, this stage needs {kind} data")
         path = DATA_DIR / entry["files"][split]
         from align.hashing import sha256_file
 
         rows, numbers = _read_file(path)
         return rows, str(path.relative_to(DATA_DIR.parent)), sha256_file(path), numbers
     if spec.startswith("labels:"):
-        from align.data.store import open_store
-
         target = spec.split(":", 1)[1]
         if "://" not in target and not Path(target).is_file():
             raise DataError(target, None, None, "label store not found")
-        store = open_store(target)
-        try:
-            rows = store.export_preferences()
-        finally:
-            store.close()
+        rows = _store_rows(target, kind)
         numbers = [i for i in range(1, len(rows) + 1)]
         kept = _holdout(list(zip(numbers, rows)), split)
         return [r for _, r in kept], target, _digest(rows), [n for n, _ in kept]
@@ -261,6 +269,20 @@ def read_spec(spec: str, split: str, kind: str | None = None) -> tuple[list, str
         numbered = _holdout(list(zip(numbers, rows)), split)  # every 10th row held out, counted without blanks
         return [r for _, r in numbered], str(path), sha256_file(path), [n for n, _ in numbered]
     return _read_hub(spec, split)
+
+
+def _store_rows(target: str, kind: str | None) -> list[dict]:
+    """A label store's export: unpaired rows (`export_kto`) for unpaired data, else preference pairs; both for
+    `kind="all"` (a digest of everything the store gives training)."""
+    from align.data.store import open_store
+
+    store = open_store(target)
+    try:
+        if kind == "unpaired":
+            return store.export_kto()
+        return store.export_preferences() + (store.export_kto() if kind == "all" else [])
+    finally:
+        store.close()
 
 
 def _read_hub(spec: str, split: str):
@@ -360,8 +382,8 @@ def spec_digest(spec: str) -> str | None:
         files = sorted(set(catalog()[spec]["files"].values()))
         return hashlib.sha256("".join(sha256_file(DATA_DIR / f) for f in files).encode()).hexdigest()
     if spec.startswith("labels:") or spec == "curated" or spec.startswith("curated:") or Path(spec).is_dir():
-        try:
-            return read_spec(spec, "all")[2]
+        try:  # a label store: everything it exports for training (pairs and the unpaired thumbs)
+            return read_spec(spec, "all", kind="all" if spec.startswith("labels:") else None)[2]
         except DataError:
             return None
     path = Path(spec).expanduser()

@@ -12,6 +12,7 @@ differs per database lives in `_sqlite_engine` and `_postgres_engine` alone.
     item = store.next_item("ada")                 # held for ada for `hold_seconds`
     store.submit(item.id, "ada", [[r2], [r1, r3]])  # best first; a tier is a tie; only ada's held item
     rows = store.export_preferences()             # TRL conversational preference rows
+    examples = store.export_kto()                 # TRL unpaired rows (KTO): thumbs, best and worst replies
 
 Every submit is one transaction, idempotent on (item, annotator): a resubmit replaces that
 annotator's label for the item, never adds a second one. The schema has a version number;
@@ -38,7 +39,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from align.errors import AlignError, DataError
-from align.data.labels import FLAG_NAMES, RankedLabel, RankingError, agreement, consensus_pairs, validate_label
+from align.data.labels import (FLAG_NAMES, RankedLabel, RankingError, agreement, consensus_pairs, consensus_unpaired,
+                               validate_label)
 
 ROLES = ("annotator", "admin")
 DEFAULT_HOLD_SECONDS = 15 * 60
@@ -331,6 +333,10 @@ def _check_prompt(prompt, where: str, row: int) -> list[dict]:
             raise DataError(where, row, "prompt", f"bad message {message!r}: need role system|user|assistant "
                                                   "and string content")
     return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _unpaired_row(prompt: list[dict], reply: str, desirable: bool) -> dict:
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": reply}], "label": desirable}
 
 
 def _dumps(value) -> str:
@@ -671,6 +677,31 @@ class LabelStore:
                                  "rejected": [{"role": "assistant", "content": text[rejected]}]})
         if include_feedback:
             rows += self.feedback_preferences()
+        return rows
+
+    def export_kto(self, *, include_feedback: bool = True) -> list[dict]:
+        """Unpaired examples as TRL conversational rows: {"prompt", "completion", "label"} (label True: desirable).
+
+        First the labeling app's rankings by `data.labels.consensus_unpaired`: the replies most of an item's
+        annotators rank first are desirable, those they rank last (or mark all unacceptable) undesirable. Then
+        (unless `include_feedback` is False) the chat feedback, oldest first: a thumbs up is desirable, a thumbs
+        down undesirable (the chat app and the serve API's /v1/feedback store the same rows), and a compare-mode
+        choice gives its chosen reply as desirable and the other as undesirable."""
+        by_item = self._ranked_labels_by_item()
+        rows = []
+        with self._read() as conn:
+            for item_id in sorted(by_item):
+                item = self._item(conn, item_id)
+                text = {reply.id: reply.text for reply in item.replies}
+                for reply, desirable in consensus_unpaired(by_item[item_id], list(text)):
+                    rows.append(_unpaired_row(item.prompt, text[reply], desirable))
+        if include_feedback:
+            for f in self.feedback():
+                if f["rejected"] is not None:
+                    rows += [_unpaired_row(f["conversation"], f["reply"], True),
+                             _unpaired_row(f["conversation"], f["rejected"], False)]
+                elif f["rating"] in ("up", "down"):
+                    rows.append(_unpaired_row(f["conversation"], f["reply"], f["rating"] == "up"))
         return rows
 
     def write_preferences_jsonl(self, path: str | os.PathLike) -> int:

@@ -205,6 +205,11 @@ def assert_well_formed(row, kind):
     if kind == "chat":
         assert set(row) == {"messages"}
         assert_messages(row["messages"], last_role="assistant")
+    elif kind == "unpaired":
+        assert set(row) == {"prompt", "completion", "label"} and isinstance(row["label"], bool)
+        assert_messages(row["prompt"], last_role="user")
+        assert len(row["completion"]) == 1 and row["completion"][0]["role"] == "assistant"
+        assert row["completion"][0]["content"].strip()
     else:
         assert set(row) == {"prompt", "chosen", "rejected"}
         assert_messages(row["prompt"], last_role="user")
@@ -213,10 +218,11 @@ def assert_well_formed(row, kind):
         assert row["chosen"] != row["rejected"]
 
 
-def test_catalog_names_the_six_shipped_datasets():
+def test_catalog_names_the_seven_shipped_datasets():
     assert [(entry["name"], entry["kind"]) for entry in CATALOG] == [
         ("hh-harmless-chosen", "chat"), ("oasst-top", "chat"), ("alpaca-en-demo", "chat"),
-        ("hh-harmless", "preference"), ("oasst-ranked", "preference"), ("llamafactory-dpo-en-demo", "preference")]
+        ("hh-harmless", "preference"), ("oasst-ranked", "preference"), ("llamafactory-dpo-en-demo", "preference"),
+        ("llamafactory-kto-en-demo", "unpaired")]
     for entry in CATALOG:
         assert set(entry) == {"name", "kind", "files", "rows", "license", "source", "notes"}
         assert entry["files"] == {split: f"{'chat' if entry['kind'] == 'chat' else 'preferences'}/"
@@ -246,6 +252,12 @@ def test_no_hh_prompt_is_in_both_the_chat_train_split_and_the_preference_test_sp
     for row in preference_test:
         assert json.dumps(row["prompt"]) not in trained_dialogues
         assert row["prompt"][0]["content"] not in trained_openings
+
+
+def test_the_kto_demo_keeps_both_labels_in_both_splits():
+    for split in ("train", "test"):
+        labels = [row["label"] for row in read_rows(f"preferences/llamafactory-kto-en-demo.{split}.jsonl")]
+        assert 0.3 < sum(labels) / len(labels) < 0.7, split
 
 
 def test_no_oasst_tree_is_in_both_splits():
