@@ -77,6 +77,49 @@ def finish_trackers(cfg, output_dir: Path, manifest: dict | None) -> None:
     mlflow.end_run()
 
 
+class StepTrackers:
+    """The recipe's trackers for a training loop of align's own (PPO's), as TRL's trainers report theirs: each
+    step's figures go to TensorBoard (events in `logs_dir`, tags `<prefix>/<name>`) and to the MLflow run that
+    `start_trackers` opened (metrics by name, by step; `params` once). `names`: `trackers(cfg)`'s list ([] for
+    none: nothing is written). A tracker only transformers' trainers drive is named in a warning and left out."""
+
+    OWN = ("tensorboard", "mlflow")
+
+    def __init__(self, names, logs_dir: Path | None, prefix: str, params: dict | None = None):
+        self.names = [name for name in names if name in self.OWN]
+        others = [name for name in names if name not in self.OWN]
+        if others:
+            log.warning(f"{prefix}: report_to {', '.join(others)}: this loop reports to {' and '.join(self.OWN)} "
+                        f"only; the rest are left out")
+        self.prefix, self.writer = prefix, None
+        if "tensorboard" in self.names and logs_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            Path(logs_dir).mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(logs_dir))
+        if "mlflow" in self.names and params:
+            import mlflow
+
+            mlflow.log_params(params)
+
+    def log(self, stats: dict, step: int) -> None:
+        """The step's numbers (the `step` entry itself and anything not a number left out)."""
+        numbers = {key: float(value) for key, value in stats.items()
+                   if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        if self.writer is not None:
+            for key, value in numbers.items():
+                self.writer.add_scalar(f"{self.prefix}/{key}", value, step)
+            self.writer.flush()
+        if "mlflow" in self.names:
+            import mlflow
+
+            mlflow.log_metrics(numbers, step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def trainer_args(config_class, ctx, options, **stage_specific):
     """A TRL config (SFTConfig, RewardConfig, DPOConfig...) filled from the recipe's shared training knobs.
 

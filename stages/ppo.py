@@ -55,7 +55,7 @@ class Options(PPOLoopOptions, TrainOptions):
 
 
 def run(ctx) -> dict:
-    from align import models
+    from align import models, training
     from align.compare import compare_to_parent
     from align.policy import policy_and_reference
     from align.ppo.rollout import reward_model_function, toxicity_penalty_function
@@ -99,7 +99,9 @@ def run(ctx) -> dict:
                          tokenizer, prompts, reward_model_function(reward_model, options.mini_batch_size),
                          settings, reference=None if lora is not None else reference,
                          reference_context=reference_context, extra_rewards=extra,
-                         checkpoints_dir=ctx.work.checkpoints_dir, logs_dir=ctx.output_dir / "logs")
+                         checkpoints_dir=ctx.work.checkpoints_dir, logs_dir=ctx.output_dir / "logs",
+                         trackers=training.trackers(ctx.cfg))
+    training.start_trackers(ctx)  # MLflow: the stage's run, which the driver closes with the manifest and gate
     metrics = trainer.train(resume_from=ctx.resume_checkpoint)
 
     # 4. The child against its parent on held-out prompts (the same report as DPO's).

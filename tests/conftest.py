@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny model, a CLI runner, and a session-wide tiny SFT artifact."""
+"""Shared fixtures: the tiny model, a CLI runner, and session-wide tiny SFT and reward-model artifacts."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def tiny_sft(tmp_path_factory, tiny_model_dir) -> Path:
     runs = tmp_path_factory.mktemp("session-runs")
     assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "session", "max_steps=4") == 0
     return runs / "session" / "sft"
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory, tiny_sft) -> Path:
+    """A finished reward model trained from `tiny_sft` for two steps (runs/<run>/rm), shared by the whole session."""
+    runs = tmp_path_factory.mktemp("session-rm-runs")
+    assert run_cli("rm", "--config", "tiny", "--from", tiny_sft, f"runs_dir={runs}", "--run", "r", "max_steps=2") == 0
+    return runs / "r" / "rm"
 
 
 @pytest.fixture(scope="session")

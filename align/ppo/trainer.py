@@ -19,6 +19,7 @@ resumed run continues exactly where the interrupted one would have gone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from align.logprobs import score_targets, token_logprobs
 from align.ppo import core
 from align.ppo.settings import PPOSettings  # noqa: F401  (the loop's settings; re-exported)
 from align.paths import move_into_place
-from align.training import REWARD_PLOT, save_history
+from align.training import REWARD_PLOT, StepTrackers, save_history
 from align.ppo.rollout import Messages, RewardFunction, Rollout, sample, stop_token_ids
 
 STATE_FILE = "ppo_state.pt"
@@ -146,12 +147,15 @@ class PPOTrainer:
 
     reference: a frozen causal LM, or None with `reference_context` (LoRA: the policy with its adapter disabled).
     extra_rewards: (name, function) terms added to the normalised score (toxicity penalty...), each logged.
+    trackers: where each step's figures go (align.training.trackers' names: tensorboard under logs_dir, mlflow into
+    the active run, with the settings as its params; () for none); history.json and reward.png go to logs_dir.
     """
 
     def __init__(self, actor_critic: ActorCritic, tokenizer, prompts: Sequence[Messages], reward_fn: RewardFunction,
                  settings: PPOSettings, *, reference=None, reference_context: Callable | None = None,
                  extra_rewards: Sequence[tuple[str, RewardFunction]] = (), checkpoints_dir: Path | str,
-                 logs_dir: Path | str | None = None, accelerator=None, progress: bool = True):
+                 logs_dir: Path | str | None = None, trackers: Sequence[str] = ("tensorboard",), accelerator=None,
+                 progress: bool = True):
         from accelerate import Accelerator
         from transformers import get_scheduler
 
@@ -167,6 +171,7 @@ class PPOTrainer:
         self.reference_context = reference_context
         self.checkpoints_dir = Path(checkpoints_dir)
         self.logs_dir = Path(logs_dir) if logs_dir else None
+        self.trackers = list(trackers)
         self.progress = progress
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         disable_dropout(actor_critic, reference)
@@ -313,7 +318,7 @@ class PPOTrainer:
         s = self.settings
         if resume_from:
             self.load_checkpoint(resume_from)
-        writer = self._writer()
+        tracking = StepTrackers(self.trackers, self.logs_dir, "ppo", params=dataclasses.asdict(s))
         started = time.perf_counter()
         try:
             with tqdm(total=s.max_steps, initial=self.step, desc="ppo", unit="step", disable=not self.progress) as bar:
@@ -326,7 +331,7 @@ class PPOTrainer:
                     stats = {"step": self.step, **{k: round(v, 6) for k, v in stats.items()},
                              "step_s": round(time.perf_counter() - step_started, 2)}
                     self.history.append(stats)
-                    self._log(writer, stats)
+                    tracking.log(stats, self.step)
                     bar.update(1)
                     bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2f}",
                                     len=f"{stats['reply_length']:.0f}")
@@ -337,30 +342,10 @@ class PPOTrainer:
                     if s.save_steps and self.step % s.save_steps == 0 and self.step < s.max_steps:
                         self.save_checkpoint()
         finally:
-            if writer is not None:
-                writer.close()
+            tracking.close()
         if self.logs_dir is not None:
             save_history(self.history, self.logs_dir, REWARD_PLOT)
         return summarize(self.history, time.perf_counter() - started)
-
-    # --------------------------------------------------------------------------------------- logging
-
-    def _writer(self):
-        if self.logs_dir is None:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        return SummaryWriter(str(self.logs_dir))
-
-    @staticmethod
-    def _log(writer, stats: dict) -> None:
-        if writer is None:
-            return
-        for key, value in stats.items():
-            if key != "step" and isinstance(value, (int, float)):
-                writer.add_scalar(f"ppo/{key}", value, stats["step"])
-        writer.flush()
 
     # ------------------------------------------------------------------------------------ checkpoints
 

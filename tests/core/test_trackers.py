@@ -1,5 +1,5 @@
-"""The recipe's `report_to`: passed to every TRL config, `none` works, an unknown name is refused (exit 2), and
-MLflow's local file store gets the metrics, params, the gate's figures and the manifest."""
+"""The recipe's `report_to`: passed to every TRL config and to align's own PPO loop, `none` works, an unknown name is
+refused (exit 2), and MLflow's local file store gets the metrics, params, the gate's figures and the manifest."""
 
 from __future__ import annotations
 
@@ -62,3 +62,45 @@ def test_mlflow_file_store_holds_metrics_params_and_artifacts(runs_dir, tiny_mod
     for name in gate_checks:
         assert (run / "metrics" / f"gate.{name}").is_file(), name
     assert any(folder.rglob("events.out.tfevents*") for folder in [runs_dir / "tracked" / "sft"])
+
+
+def _mlflow_runs(store: Path) -> list[Path]:
+    return [m.parent for m in store.rglob("meta.yaml")
+            if m.parent.parent.name != ".trash" and (m.parent / "metrics").is_dir()]
+
+
+def test_ppo_reports_its_steps_to_mlflow_and_tensorboard(runs_dir, tiny_sft, tiny_rm, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    assert run_cli("ppo", "--config", "tiny", "--from", tiny_sft, f"runs_dir={runs_dir}", "--run", "tracked",
+                   f"reward={tiny_rm}", "report_to=[tensorboard,mlflow]") == 0
+    folder = runs_dir / "tracked" / "ppo"
+    history = json.loads((folder / "logs" / "history.json").read_text())
+    runs = _mlflow_runs(runs_dir / "mlruns")
+    assert len(runs) == 1
+    run = runs[0]
+    for name in ("reward", "kl", "policy_loss", "value_loss", "entropy"):
+        lines = (run / "metrics" / name).read_text().split("\n")
+        logged = [line.split() for line in lines if line.strip()]  # "<timestamp> <value> <step>" per step
+        assert [int(step) for _, _, step in logged] == [h["step"] for h in history], name
+        assert [float(value) for _, value, _ in logged] == pytest.approx([h[name] for h in history]), name
+    assert (run / "params" / "kl_coef").read_text() == "0.05" and (run / "params" / "ppo_epochs").read_text() == "2"
+    manifest = json.loads((run / "artifacts" / "manifest.json").read_text())  # the driver closed the run
+    assert manifest["stage"] == "ppo" and (run / "tags" / "align.status").read_text() == manifest["status"]
+    events = list(folder.rglob("events.out.tfevents*"))
+    assert events, "tensorboard was asked for too"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert {"ppo/reward", "ppo/kl"} <= set(tags)
+
+
+def test_ppo_with_report_to_none_writes_no_tracker_logs(runs_dir, tiny_sft, tiny_rm, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert run_cli("ppo", "--config", "tiny", "--from", tiny_sft, f"runs_dir={runs_dir}", "--run", "quiet",
+                   f"reward={tiny_rm}", "report_to=none", "ppo_epochs=1", "max_steps=1") == 0
+    folder = runs_dir / "quiet" / "ppo"
+    assert json.loads((folder / "manifest.json").read_text())["metrics"]["steps"] == 1
+    assert not list(folder.rglob("events.out.tfevents*")), "report_to=none must write no TensorBoard events"
+    assert not (runs_dir / "mlruns").exists()

@@ -123,13 +123,6 @@ def test_replies_that_never_end_get_the_fixed_score(tiny_model_dir, tmp_path):
     assert parts["reward"] == pytest.approx(3.0)
 
 
-@pytest.fixture(scope="module")
-def tiny_rm(tiny_sft, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("ppo-runs")
-    assert run_cli("rm", "--config", "tiny", "--from", tiny_sft, f"runs_dir={runs}", "--run", "r", "max_steps=2") == 0
-    return runs / "r" / "rm"
-
-
 @pytest.mark.parametrize("extra", [[], ["lora.enabled=true", "value_model=rm"]], ids=["full-head", "lora-rm-value"])
 def test_stage_end_to_end(tiny_sft, tiny_rm, tmp_path, extra):
     from transformers import AutoModelForCausalLM
