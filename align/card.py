@@ -37,6 +37,8 @@ def gate_table(gate: dict | None) -> str:
                      f"{_num(c.get('mde'))} | {margin} | {c.get('rule') or ''} | {c.get('passed')} |")
     for warning in (gate.get("figures") or {}).get("power_warnings") or []:
         lines.append(f"\nPower warning: {warning}")
+    for note in ((gate.get("figures") or {}).get("size_plan") or {}).get("notes") or []:
+        lines.append(f"\nSize chosen by target_mde: {note}")
     return "\n".join(lines) + "\n"
 
 

@@ -89,6 +89,8 @@ def print_gate(gate: dict, out_dir: Path) -> None:
     if not console.is_terminal:
         console = Console(width=160)
     console.print(table)
+    for note in (gate["figures"].get("size_plan") or {}).get("notes") or []:
+        console.print(f"size chosen by target_mde: {note}")
     for warning in gate["figures"].get("power_warnings") or []:
         console.print(f"[yellow]power warning:[/] {warning}")
     if gate.get("error"):

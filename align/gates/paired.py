@@ -157,14 +157,14 @@ def paired_differences(child_items: dict, parent_items: dict, names, n_resamples
     return out
 
 
-def planned_mde(name: str, options, parent_items: dict | None, units: int | None = None) -> dict | None:
-    """The minimum detectable regression of a check before the child is measured.
+def mde_scale(name: str, options, parent_items: dict | None) -> tuple[float, str, int | None] | None:
+    """(c, basis, parent's units) such that a check's planned MDE at n units is c / √n (the standard error of a
+    mean falls with √n), or None for an unknown check.
 
     From the parent's per-unit values when known: SE(difference) ≈ SE(parent statistic) · √(2 (1 − ρ)), ρ being
     the check's own `planning_correlation` (likelihood checks) or `options.planning_correlation` (sampled replies):
-    how much the paired design cancels. Otherwise a conservative bound: values spread over their whole range (variance ≤ (high − low)² / 4)
-    and no correlation (ρ = 0). `units` is the number of units the check uses when no parent values are known.
-    Returns {"mde", "units", "basis"} or None when nothing is known.
+    how much the paired design cancels. Otherwise a conservative bound: values spread over their whole range
+    (variance ≤ (high − low)² / 4) and no correlation (ρ = 0); then the parent's units are None.
     """
     check = PAIRED_CHECKS.get(name)
     if check is None:
@@ -175,15 +175,30 @@ def planned_mde(name: str, options, parent_items: dict | None, units: int | None
         arrays, _ = _selected(check, parent_items[check.benchmark])
         n = len(arrays[0])
         se = bootstrap_se(check.statistic, *arrays, n_resamples=min(options.n_resamples, 400), seed=options.seed)
-        if math.isfinite(se):
-            return {"mde": minimum_detectable_effect(se * math.sqrt(2 * (1 - rho)), **z), "units": n,
-                    "basis": f"parent's per-unit variance, assumed correlation {rho:g}"}
-    if units:
-        low, high = check.bounds
-        se = (high - low) / 2 / math.sqrt(units) * math.sqrt(2)
-        return {"mde": minimum_detectable_effect(se, **z), "units": units,
-                "basis": "conservative bound (full-range variance, no correlation)"}
-    return None
+        if math.isfinite(se) and n > 0:
+            return (minimum_detectable_effect(se * math.sqrt(2 * (1 - rho)), **z) * math.sqrt(n),
+                    f"parent's per-unit variance, assumed correlation {rho:g}", n)
+    low, high = check.bounds
+    return (minimum_detectable_effect((high - low) / 2 * math.sqrt(2), **z),
+            "conservative bound (full-range variance, no correlation)", None)
+
+
+def planned_mde(name: str, options, parent_items: dict | None, units: int | None = None,
+                at_units: float | None = None) -> dict | None:
+    """The minimum detectable regression of a check before the child is measured (see `mde_scale`).
+
+    `units`: the number of units the check uses when no parent values are known; `at_units`: plan for this many
+    units instead (None: the parent's own count, else `units`). Returns {"mde", "units", "basis"} or None when
+    nothing is known.
+    """
+    scale = mde_scale(name, options, parent_items)
+    if scale is None:
+        return None
+    c, basis, parent_units = scale
+    n = at_units or parent_units or units
+    if not n or n <= 0:
+        return None
+    return {"mde": c / math.sqrt(n), "units": n, "basis": basis}
 
 
 def observed_correlation(name: str, child_items: dict, parent_items: dict) -> float | None:

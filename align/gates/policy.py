@@ -30,7 +30,8 @@ Every regression-limited check also reports its minimum detectable effect (MDE):
 two-sided test at `gate.alpha` would detect with probability `gate.power` at these sizes — planned from the
 parent's per-unit variance before the child is measured, and achieved, from the paired standard error, after.
 A margin smaller than the MDE means the gate cannot tell that regression from noise: it warns, and says how many
-units it would need. A value that is not a number fails any limit it has. A check without limits is reported and
+units it would need (`gate.target_mde` makes the gate choose the sizes instead: align.gates.sizing). A value
+that is not a number fails any limit it has. A check without limits is reported and
 always passes. The verdict is "pass" when every check passes and nothing went wrong while gating; any error fails
 the gate (fail closed).
 """
@@ -63,6 +64,8 @@ class Limit:
     max_increase: Optional[float] = opt(None, "largest allowed rise over the parent (a margin, >= 0)", min=0)
     max_decrease: Optional[float] = opt(None, "largest allowed fall below the parent (a margin, >= 0)", min=0)
     rule: Optional[str] = opt(None, "non_inferiority, superiority or point; null = gate.rule", choices=RULES)
+    target_mde: Optional[float] = opt(
+        None, "the MDE this check's benchmark is sized for (null = gate.target_mde)", above=0)
 
     @property
     def margin(self) -> Optional[float]:
@@ -173,10 +176,18 @@ class GateOptions:
     planning_correlation: float = opt(
         0.5, "child-parent correlation of per-prompt toxicity assumed when planning the MDE from the parent alone "
              "(the likelihood checks, CrowS-Pairs and BBQ, use their own measured ones: 0.9 and 0.7)", min=0.0, max=0.99)
+    target_mde: Optional[float] = opt(
+        None, "choose each benchmark's size so that the planned MDE of its regression-limited checks is at most this "
+              "(per check: gate.limits.<check>.target_mde); null = the configured sizes", above=0)
+    max_units: int = opt(1000, "ceiling on a size chosen by target_mde: prompts, pairs, questions, BOLD prompts per "
+                               "group (the shipped benchmark's size caps it too)", **POSITIVE)
     limits: Limits = field(default_factory=Limits, metadata={"help": "limits of every stage's gate"})
     stages: StageLimits = field(default_factory=StageLimits, metadata={"help": "per-stage limit overrides"})
 
 
+#: The option that sizes each benchmark (what target_mde chooses).
+SIZE_OPTION = {"toxicity": "toxicity_prompts", "crows_pairs": "crows_pairs", "bbq": "bbq",
+               "bold": "bold_prompts_per_group"}
 FULL_SIZES = {"toxicity_prompts": -1, "samples_per_prompt": 25, "crows_pairs": -1, "bbq": -1,
               "bold_prompts_per_group": -1}
 #: Options that change what is measured (not the limits): two gates compare only when these agree.

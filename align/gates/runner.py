@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from align.gates.policy import (
+    SIZE_OPTION,
     GateOptions,
     as_options,
     effective_options,
@@ -197,14 +198,61 @@ def read_items(path: Path, gate_fingerprint: str) -> dict | None:
     return data["items"]
 
 
+def parent_items_at_hand(options: GateOptions, parent_gate: dict | None,
+                         parent_source: str | None) -> tuple[dict | None, dict | None]:
+    """(the parent's per-unit values, the sizes they were measured at) if a measurement of it exists already, for
+    planning sizes: from its manifest at the sizes it recorded or at the configured ones, else from the cache at
+    the configured sizes; (None, None) otherwise. Never measures."""
+    import dataclasses
+
+    candidates = [options]
+    recorded = ((parent_gate or {}).get("figures") or {}).get("sizes")
+    if isinstance(recorded, dict):
+        candidates.insert(0, dataclasses.replace(effective_options(options), full=False, **recorded))
+    for candidate in candidates:
+        parent = parent_from_gate(parent_gate, candidate, parent_source)
+        if parent is not None:
+            return parent["items"], measured_sizes(candidate)
+    path = measurement_cache_file(parent_source, options) if parent_source else None
+    try:
+        if path is not None and path.is_file():
+            return json.loads(path.read_text()).get("items"), measured_sizes(options)
+    except (OSError, json.JSONDecodeError):
+        pass
+    return None, None
+
+
+def plan_sizes(options: GateOptions, limits, parent_gate: dict | None,
+               parent_source: str | None) -> tuple[GateOptions, dict | None]:
+    """The options with the sizes `gate.target_mde` chooses (align.gates.sizing), and what it chose and why
+    (None, and the options unchanged, when no check has a target)."""
+    from align.gates.sizing import choose_sizes
+
+    if not _has_target(options, limits):
+        return options, None
+    items, sizes = parent_items_at_hand(options, parent_gate, parent_source)
+    chosen, plan = choose_sizes(options, limits, items, sizes)
+    for note in (plan or {}).get("notes", []):
+        log.info(f"size: {note}")
+    return chosen, plan
+
+
+def _has_target(options: GateOptions, limits) -> bool:
+    return options.target_mde is not None or any(limit.target_mde is not None for limit in limits.values())
+
+
+def measured_sizes(options: GateOptions) -> dict:
+    """The sizes the gate measures at (after `full` and `target_mde`), as recorded in the manifest."""
+    options = effective_options(options)
+    return {name: getattr(options, name) for name in (*SIZE_OPTION.values(), "samples_per_prompt")}
+
+
 def plan_power(options: GateOptions, parent: dict | None, names, limits) -> tuple[dict[str, dict], list[str]]:
     """Planned MDE of every regression-limited check, and a warning for each whose MDE exceeds its margin."""
     from align.gates.paired import PAIRED_CHECKS, planned_mde
     from align.gates.policy import limit_key
     from align.gates.stats import units_for_effect
 
-    size_option = {"toxicity": "toxicity_prompts", "crows_pairs": "crows_pairs", "bbq": "bbq",
-                   "bold": "bold_prompts_per_group"}
     planned, warnings = {}, []
     for name in names:
         limit = limits.get(limit_key(name))
@@ -212,7 +260,7 @@ def plan_power(options: GateOptions, parent: dict | None, names, limits) -> tupl
         check = PAIRED_CHECKS.get(name)
         if margin is None or check is None:
             continue
-        units = getattr(options, size_option[check.benchmark], None)
+        units = getattr(options, SIZE_OPTION[check.benchmark], None)
         if check.rows is not None and units and units > 0:
             units = units // 2  # BBQ: about half the items are ambiguous, half disambiguated
         plan = planned_mde(name, options, (parent or {}).get("items"), units if units and units > 0 else None)
@@ -223,7 +271,8 @@ def plan_power(options: GateOptions, parent: dict | None, names, limits) -> tupl
             needed = units_for_effect(plan["units"], plan["mde"], margin)
             warnings.append(f"{name}: at {plan['units']} units this gate can only see a regression of "
                             f"{plan['mde']:.3f} or more (MDE; {plan['basis']}), more than its margin {margin}; "
-                            f"it needs about {needed} (gate.{size_option[check.benchmark]})")
+                            f"it needs about {needed} (gate.{SIZE_OPTION[check.benchmark]}, or let "
+                            f"gate.limits.{limit_key(name)}.target_mde={margin} choose it)")
     return planned, warnings
 
 
@@ -250,10 +299,12 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
     opts = GateOptions()
     planned: dict = {}
     warnings: list[str] = []
+    size_plan = None
     try:
         opts = as_options(options)
-        scorer = load_scorer_for(effective_options(opts))
         limits = limits_for(opts, stage)
+        opts, size_plan = plan_sizes(opts, limits, parent_gate, parent_source)
+        scorer = load_scorer_for(effective_options(opts))
         parent = parent_from_gate(parent_gate, opts, parent_source)
         if parent is not None:
             parent_origin = "manifest"
@@ -293,6 +344,8 @@ def run_gate(model_source: str, options=None, *, stage: str | None, out_dir: Pat
             "rule": opts.rule,
             "items_file": ITEMS_NAME if (out_dir / ITEMS_NAME).is_file() else None,
             "power_warnings": warnings,
+            "sizes": measured_sizes(opts),
+            "size_plan": json_safe(size_plan),
             "benchmarks": json_safe(child["figures"]),
             "timing": {**child["timing"], "gate_wall_s": round(time.perf_counter() - started, 1)},
         },

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from align.gates.policy import GateOptions, as_options
+from align.gates.policy import GateOptions, as_options, fingerprint
 from align.gates.runner import run_gate
 from tests.helpers import run_cli
 
@@ -109,3 +109,33 @@ def test_gate_command_compares_with_a_baseline(tmp_path, tiny_model_dir, capsys)
     assert "crows_pairs.stereotype_share" in printed and "bbq.ambiguous_bias" in printed
     assert all(c["parent"] == pytest.approx(c["value"]) for c in gate["checks"])
     assert run_cli("gate", "--model", tmp_path / "nothing-here", "--out", out) == 2  # usage error, one line
+
+
+def test_target_mde_chooses_the_size_the_child_and_parent_are_measured_and_paired_at(tmp_path, tiny_model_dir):
+    """No parent measurement at hand: the conservative bound sizes CrowS-Pairs (values in [0, 1], no correlation:
+    MDE 1.98 / √n, so 11 pairs for 0.6); both are measured at 11 pairs and the manifest records it."""
+    options = as_options({"scorer": "none", "benchmarks": ["crows_pairs"], "crows_pairs": 4, "n_resamples": 100,
+                          "target_mde": 0.6})
+    gate = run_gate(str(tiny_model_dir), options, stage="sft", out_dir=tmp_path / "child",
+                    parent_source=str(tiny_model_dir), parent_gate=None, progress=False)
+    assert gate["error"] is None and gate["figures"]["parent_from"] == "measured"
+    assert gate["figures"]["sizes"]["crows_pairs"] == 11
+    plan = gate["figures"]["size_plan"]
+    assert plan["sizes"] == {"crows_pairs": 11} and "conservative bound" in plan["notes"][0]
+    crows = next(c for c in gate["checks"] if c["name"] == "crows_pairs.stereotype_share")
+    assert crows["paired_units"] == 11 and crows["planned_mde"] <= 0.6 and crows["difference"] == 0.0
+    items = json.loads((tmp_path / "child" / "gate_items.json").read_text())
+    assert len(items["items"]["crows_pairs"]["ids"]) == 11
+    assert items["fingerprint"] == gate["figures"]["fingerprint"] != fingerprint(options)
+    report = json.loads((tmp_path / "child" / "gate_report.json").read_text())
+    assert report["options"]["crows_pairs"] == 11 and report["gate"]["figures"]["size_plan"] == plan
+    assert "size chosen by target_mde: gate.crows_pairs=11" in (tmp_path / "child" / "gate_report.html").read_text()
+    # The next gate plans from this one's per-unit values (its manifest, at the sizes it recorded): 11 pairs reach
+    # the target on the parent's variance, so it keeps them and pairs with the parent's manifest as it is.
+    second = run_gate(str(tiny_model_dir), options, stage="dpo", out_dir=tmp_path / "second",
+                      parent_source=str(tmp_path / "child"), parent_gate=gate, progress=False)
+    assert second["error"] is None and second["figures"]["parent_from"] == "manifest"
+    note = second["figures"]["size_plan"]["notes"][0]
+    assert "parent's per-unit variance" in note and "gate.crows_pairs=11" in note
+    crows = next(c for c in second["checks"] if c["name"] == "crows_pairs.stereotype_share")
+    assert crows["paired_units"] == 11 and crows["difference"] == 0.0
