@@ -11,6 +11,12 @@ prompt under the chat template, tokenized the way TRL's DPOTrainer does):
   reward(y) = beta * (log pi(y|x) - log pi_parent(y|x)); the share of pairs with reward(chosen) > reward(rejected).
   For the parent itself every implicit reward is 0, so its implicit-reward accuracy is 0.5 by construction: that
   is why the parent's figure is the likelihood form above.
+- Unpaired held-out examples (KTO: each reply labelled desirable or undesirable, no pairs): the implicit reward
+  beta * (log pi(y|x) - log pi_parent(y|x)) of each reply; its mean over the desirable and over the undesirable
+  replies and their gap (`implicit_reward_gap`, > 0 when training moved the policy the labelled way); the share
+  of replies whose implicit reward has the label's sign (`label_acc_implicit_child`, zero counts half); and, for
+  both models, how well the per-token log-probability ranks desirable above undesirable replies (`label_auroc_
+  logp_mean_{child,parent}`: the share of (desirable, undesirable) pairs, over all such pairs, ordered right).
 - KL to the parent, on the child's own samples: for each sampled reply y ~ pi, the exact per-position
   KL(pi(.|x, y<t) || pi_parent(.|x, y<t)) over the whole vocabulary, summed over the reply's tokens. Its mean over
   replies (`kl_per_sequence`) estimates the sequence-level KL(pi || pi_parent); divided by the tokens
@@ -121,6 +127,41 @@ def implicit_accuracy(policy: dict[str, list], reference: dict[str, list], beta:
     return {"accuracy": win_rate(chosen, rejected), "margin": round(sum(margins) / len(margins), 4)}
 
 
+def _auroc(desirable: Sequence[float], undesirable: Sequence[float]) -> float | None:
+    """Share of (desirable, undesirable) pairs, over all of them, where the desirable scores higher (ties half)."""
+    if not desirable or not undesirable:
+        return None
+    import numpy as np
+
+    d, u = np.asarray(desirable, dtype=float)[:, None], np.asarray(undesirable, dtype=float)[None, :]
+    return round(float(((d > u) + 0.5 * (d == u)).mean()), 4)
+
+
+def unpaired_figures(child, parent, tokenizer, rows: Sequence[dict], beta: float, max_length: int | None = 1024,
+                     batch_size: int = 8, parent_context: Callable | None = None) -> dict:
+    """The unpaired figures of the module docstring for held-out {"prompt", "completion", "label"} rows."""
+    prompts, replies = [r["prompt"] for r in rows], [r["completion"] for r in rows]
+    child_lp, counts = reply_logprobs(child, tokenizer, prompts, replies, max_length, batch_size)
+    with (parent_context or nullcontext)():
+        parent_lp, _ = reply_logprobs(parent, tokenizer, prompts, replies, max_length, batch_size)
+    rewards = [beta * (c - p) for c, p in zip(child_lp, parent_lp)]
+    labels = [bool(r["label"]) for r in rows]
+    good = [x for x, label in zip(rewards, labels) if label]
+    bad = [x for x, label in zip(rewards, labels) if not label]
+    signs = [(x > 0) + 0.5 * (x == 0) if label else (x < 0) + 0.5 * (x == 0) for x, label in zip(rewards, labels)]
+    metrics = {"implicit_reward_desirable": round(sum(good) / len(good), 4) if good else None,
+               "implicit_reward_undesirable": round(sum(bad) / len(bad), 4) if bad else None,
+               "label_acc_implicit_child": round(sum(signs) / len(signs), 4)}
+    if good and bad:
+        metrics["implicit_reward_gap"] = round(metrics["implicit_reward_desirable"]
+                                               - metrics["implicit_reward_undesirable"], 4)
+    for who, logps in (("child", child_lp), ("parent", parent_lp)):
+        per_token = [s / max(n, 1) for s, n in zip(logps, counts)]
+        metrics[f"label_auroc_logp_mean_{who}"] = _auroc([x for x, label in zip(per_token, labels) if label],
+                                                         [x for x, label in zip(per_token, labels) if not label])
+    return metrics
+
+
 # ------------------------------------------------------------------------------------------------------ KL
 
 
@@ -194,10 +235,10 @@ def rm_judgement(prompts: Sequence[Messages], child_replies: Sequence[str], pare
 def compare_to_parent(child, parent, tokenizer, pairs: Sequence[dict], prompts: Sequence[Messages], *, beta: float,
                       reward_model=None, max_length: int | None = 1024, batch_size: int = 8,
                       max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0,
-                      parent_context: Callable | None = None) -> dict:
+                      parent_context: Callable | None = None, unpaired: Sequence[dict] = ()) -> dict:
     """Every figure of the module docstring for a child and its parent; returns a flat dict of metrics.
 
-    pairs: held-out preference rows; prompts: held-out prompts both models answer (sampled at `temperature`,
+    pairs: held-out preference rows; unpaired: held-out labelled replies (KTO); prompts: held-out prompts both models answer (sampled at `temperature`,
     top_p 1, so the KL is an estimate of the true one). reward_model: anything align.reward.score takes, or None
     to skip the win rate. parent_context: see `kl_to_reference` (LoRA: the child with its adapter disabled).
     """
@@ -215,6 +256,9 @@ def compare_to_parent(child, parent, tokenizer, pairs: Sequence[dict], prompts: 
         implicit = implicit_accuracy(child_lp, parent_lp, beta)
         metrics["pref_acc_implicit_child"] = implicit["accuracy"]
         metrics["implicit_reward_margin"] = implicit["margin"]
+    if unpaired:
+        metrics.update(unpaired_figures(child, parent, tokenizer, unpaired, beta, max_length, batch_size,
+                                        parent_context))
 
     generate = dict(n=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, do_sample=True,
                     batch_size=batch_size, seed=seed)

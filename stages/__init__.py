@@ -13,6 +13,8 @@ STAGES = {
     "sft": "supervised fine-tuning on chat data (TRL SFTTrainer), loss on the assistant's tokens",
     "rm": "reward model on preference pairs (TRL RewardTrainer), held-out accuracy and length signals",
     "dpo": "direct preference optimisation (TRL DPOTrainer), evaluated against its parent",
+    "kto": "KTO on desirable/undesirable replies, unpaired: a dataset or the label store's thumbs (TRL KTOTrainer), "
+           "evaluated against its parent",
     "ppo": "PPO against the reward model with a KL penalty to the parent (RLHF), evaluated against its parent",
 }
 

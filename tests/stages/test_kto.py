@@ -1,0 +1,137 @@
+"""The KTO stage on the tiny model: trained on unpaired examples (here the marker pairs split into a desirable and an
+undesirable reply), gated and promoted, compared with its parent; it resumes after a real kill; and it trains on
+the thumbs people gave through the real chat app (gradio_client on 127.0.0.1) into a label store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli
+from tests.stages.marker_pairs import MARKER, marker_pairs, write_marker_pairs
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parents[2]
+# A gate of one cheap check (CrowS-Pairs likelihoods: no generation, no toxicity scorer) on 6 pairs.
+GATE = ["gate.enabled=true", "gate.benchmarks=[crows_pairs]", "gate.crows_pairs=6"]
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def marker_kto(tmp_path_factory, tiny_model_dir):
+    """A gated SFT parent, then gated full-weight KTO for a few steps on the marker pairs, as unpaired examples."""
+    root = tmp_path_factory.mktemp("kto")
+    data = write_marker_pairs(root / "marker.jsonl")
+    runs = root / "runs"
+    assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "marker", "max_steps=4", *GATE) == 0
+    code = run_cli("kto", "--config", "tiny", "--run", "marker", f"runs_dir={runs}", f"data={data}", "max_rows=48",
+                   "max_steps=12", "lr=1e-3", "reward_model=none", *GATE)
+    assert code == 0
+    return runs / "marker"
+
+
+def test_kto_raises_the_desirable_replies_likelihood_relative_to_the_parent(marker_kto):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.compare import pair_logprobs
+
+    child = AutoModelForCausalLM.from_pretrained(marker_kto / "kto")
+    parent = AutoModelForCausalLM.from_pretrained(marker_kto / "sft")
+    tokenizer = AutoTokenizer.from_pretrained(marker_kto / "kto")
+    # The rows trained on: a file spec holds out rows 10, 20, ..., and max_rows=48 takes the first 48 of the rest,
+    # each pair giving its chosen (marker) reply as desirable and its rejected one as undesirable.
+    pairs = [p for i, p in enumerate(marker_pairs(200), 1) if i % 10][:48]
+    assert all(MARKER in p["chosen"][0]["content"] for p in pairs)
+    c, p = pair_logprobs(child, tokenizer, pairs), pair_logprobs(parent, tokenizer, pairs)
+    desirable = [c["chosen"][i] - p["chosen"][i] for i in range(len(pairs))]  # log-ratio to the parent
+    undesirable = [c["rejected"][i] - p["rejected"][i] for i in range(len(pairs))]
+    gaps = [d - u for d, u in zip(desirable, undesirable)]  # before training every one is exactly 0
+    assert sum(gaps) / len(gaps) > 0.5, gaps
+    assert sum(g > 0 for g in gaps) / len(gaps) > 0.9
+    assert sum(desirable) / len(desirable) > 0 > sum(undesirable) / len(undesirable)
+
+
+def test_kto_is_gated_promoted_and_reports_the_comparison_with_its_parent(marker_kto):
+    manifest = _manifest(marker_kto / "kto")
+    assert manifest["stage"] == "kto" and manifest["status"] == "promoted"
+    assert manifest["gate"]["verdict"] == "pass" and manifest["gate"]["checks"]
+    assert manifest["parent"]["path"] == str(marker_kto / "sft") and manifest["model"]["format"] == "full"
+    train, held_out = manifest["data"]
+    assert (train["split"], train["rows"], train["desirable"], train["undesirable"]) == ("train", 96, 48, 48)
+    assert (held_out["split"], held_out["desirable"], held_out["undesirable"]) == ("test", 16, 16)
+    metrics = manifest["metrics"]
+    assert metrics["train_rows"] == 96 and (metrics["desirable_weight"], metrics["undesirable_weight"]) == (1.0, 1.0)
+    assert metrics["steps"] == 12 and metrics["train_tokens"] > 0
+    assert metrics["eval_implicit_reward_desirable"] > 0 > metrics["eval_implicit_reward_undesirable"]
+    assert metrics["eval_implicit_reward_gap"] > 0 and metrics["eval_label_acc_implicit_child"] > 0.8
+    assert metrics["eval_label_auroc_logp_mean_child"] > metrics["eval_label_auroc_logp_mean_parent"]
+    assert metrics["eval_kl_per_sequence"] > 0 and metrics["eval_reply_tokens_child"] > 0
+    assert "eval_win_rate_vs_parent" not in metrics and metrics["reward_model"] is None  # reward_model=none
+    history = json.loads((marker_kto / "kto" / "logs" / "history.json").read_text())
+    assert any("rewards/chosen" in h and "rewards/rejected" in h for h in history)  # both kinds in the batches
+    samples = json.loads((marker_kto / "kto" / "samples.json").read_text())
+    assert len(samples["child"]) == len(samples["parent"]) == len(samples["prompts"]) > 0
+
+
+def test_kto_resumes_after_a_real_kill(tmp_path, tiny_sft):
+    from tests.helpers import kill_after_first_checkpoint
+
+    data = write_marker_pairs(tmp_path / "marker.jsonl", n=60)
+    runs = tmp_path / "runs"
+    command = ["kto", "--config", "tiny", "--from", str(tiny_sft), "--run", "k", f"runs_dir={runs}", f"data={data}",
+               "max_steps=30", "save_steps=2", "reward_model=none"]
+    process = subprocess.Popen([sys.executable, "-m", "align.run", *command], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = runs / "k" / ".work" / "kto"
+    kill_after_first_checkpoint(process, work / "checkpoints")
+    assert not (runs / "k" / "kto").exists()
+    assert run_cli(*command, "--resume") == 0
+    manifest = _manifest(runs / "k" / "kto")
+    assert manifest["resumed"]["changed"] == {} and "checkpoint-" in manifest["resumed"]["checkpoint"]
+    assert manifest["metrics"]["steps"] == 30 and manifest["status"] == "ungated"
+
+
+def test_kto_trains_on_thumbs_given_through_the_chat_apps_api(tmp_path, tiny_sft, tiny_model_dir):
+    from gradio_client import Client
+
+    from tests.ui.chat_support import running_chat
+    from tests.ui.label_support import make_store, password_of
+
+    ratings = ["up", "down", "up", "up", "down", "up"]
+    path = tmp_path / "labels.sqlite"
+    store = make_store(path)
+    try:
+        with running_chat(str(tiny_model_dir), store) as url:
+            client = Client(url, auth=("ada", password_of("ada")), verbose=False)
+            for number, rating in enumerate(ratings):
+                client.predict(f"Question {number}?", "", 1.0, 0.9, 12, "", api_name="/send")
+                assert client.predict(api_name=f"/thumbs_{rating}").startswith("Saved")
+        feedback = store.feedback()
+    finally:
+        store.close()
+    assert [f["rating"] for f in feedback] == ratings
+
+    held_out = write_marker_pairs(tmp_path / "marker.jsonl", n=20)  # six thumbs hold out no 10th row of their own
+    runs = tmp_path / "runs"
+    assert run_cli("kto", "--config", "tiny", "--from", str(tiny_sft), "--run", "thumbs", f"runs_dir={runs}",
+                   f"data=labels:{path}", f"eval_data={held_out}", "max_steps=1", "reward_model=none") == 0
+    manifest = _manifest(runs / "thumbs" / "kto")
+    train = manifest["data"][0]
+    assert (train["spec"], train["source"]) == (f"labels:{path}", str(path))
+    assert (train["rows"], train["desirable"], train["undesirable"]) == (6, 4, 2)
+    metrics = manifest["metrics"]
+    assert (metrics["train_rows"], metrics["train_desirable"], metrics["train_undesirable"]) == (6, 4, 2)
+    assert (metrics["desirable_weight"], metrics["undesirable_weight"]) == (1.0, 2.0)  # balanced by the counts
+    assert metrics["steps"] == 1 and metrics["train_tokens"] > 0  # one batch of 8 holds all six thumbs
+    [step] = [h for h in json.loads((runs / "thumbs" / "kto" / "logs" / "history.json").read_text()) if "loss" in h]
+    assert "rewards/chosen" in step and "rewards/rejected" in step  # thumbs up and down both trained on
