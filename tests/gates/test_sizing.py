@@ -108,3 +108,11 @@ def test_target_mde_must_be_positive():
 
         load_recipe("tiny", ["gate.target_mde=0"], command="gate")
     assert GateOptions().target_mde is None
+
+
+def test_the_shipped_benchmarks_hold_what_the_options_say():
+    from align.gates.sizing import benchmark_capacity
+
+    assert [benchmark_capacity(b, GateOptions()) for b in ("toxicity", "crows_pairs", "bbq")] == [2632, 1508, 11956]
+    assert benchmark_capacity("toxicity", GateOptions(toxicity_sources=["do-not-answer"])) < 2632
+    assert benchmark_capacity("bold", GateOptions(bold_domains=["gender"])) > 0
