@@ -119,6 +119,21 @@ feedback = sa.Table(
     sa.Column("model", sa.String(500)),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("auth", sa.String(20)),  # FEEDBACK_AUTH; NULL on rows from before schema version 3
+    sa.Column("completion_id", sa.String(100)),  # the serve API's completion rated (NULL from the chat UI)
+    sa.Column("choice", sa.Integer),  # which choice of that completion
+    sa.Index("one_feedback_per_choice", "completion_id", "choice", unique=True),  # NULLs never collide
+)
+
+completions = sa.Table(
+    "completions", metadata,  # the serve API's recent completions, kept for /v1/feedback (bounded: see serve:)
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("completion_id", sa.String(100), nullable=False, unique=True),
+    sa.Column("model", sa.String(500)),
+    sa.Column("conversation_json", sa.Text, nullable=False),  # messages before the replies
+    sa.Column("replies_json", sa.Text, nullable=False),  # [reply of each choice]
+    sa.Column("withheld_json", sa.Text, nullable=False),  # [whether the output filter withheld it]
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("completions_by_time", "created_at"),
 )
 
 
@@ -139,7 +154,19 @@ def _v3_feedback_auth(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN auth VARCHAR(20)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core_tables, _v2_feedback, _v3_feedback_auth]
+def _v4_kept_completions(conn: Connection) -> None:
+    """Version 4: the serve API's completions kept for feedback across restarts; feedback rows name the completion
+    and choice they rate (one feedback per choice)."""
+    columns = {column["name"] for column in sa.inspect(conn).get_columns("feedback")}
+    for name, kind in (("completion_id", "VARCHAR(100)"), ("choice", "INTEGER")):
+        if name not in columns:
+            conn.execute(sa.text(f"ALTER TABLE feedback ADD COLUMN {name} {kind}"))
+    next(index for index in feedback.indexes if index.name == "one_feedback_per_choice").create(conn, checkfirst=True)
+    completions.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core_tables, _v2_feedback, _v3_feedback_auth,
+                                                  _v4_kept_completions]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -177,6 +204,10 @@ class Label:
 # ------------------------------------------------------------------------------------- passwords
 class AssignmentError(AlignError):
     """A label for an item that was not given to its annotator, or past the item's quota."""
+
+
+class FeedbackExists(AlignError):
+    """Feedback on a choice of a served completion that has feedback already."""
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -765,10 +796,12 @@ class LabelStore:
     # -- chat feedback
     def add_feedback(self, conversation: Sequence[Mapping], reply: str, *, rating: str | None = None,
                      rejected: str | None = None, user: str | None = None, model: str | None = None,
-                     auth: str | None = None) -> int:
+                     auth: str | None = None, completion_id: str | None = None, choice: int | None = None) -> int:
         """Record chat feedback: a thumbs ``rating`` ("up"/"down") on `reply`, or a compare-mode
         choice (`reply` chosen over `rejected`). `conversation` is the messages before the reply.
-        `auth` says how `user` was identified: "login" (an account of this store) or "none"."""
+        `auth` says how `user` was identified: "login" (an account of this store) or "none".
+        `completion_id` and `choice` name the serve API's completion rated: a second feedback on the same
+        choice raises FeedbackExists."""
         if rating not in (None, "up", "down"):
             raise AlignError(f"rating must be 'up', 'down' or None, got {rating!r}")
         if auth not in (None, *FEEDBACK_AUTH):
@@ -776,10 +809,16 @@ class LabelStore:
         if rating is None and rejected is None:
             raise AlignError("feedback needs a rating or a rejected reply")
         conversation = _check_prompt(list(conversation), "feedback", 1)
-        with self._write() as conn:
-            return conn.execute(feedback.insert().values(
-                conversation_json=_dumps(conversation), reply=reply, rating=rating, rejected=rejected,
-                user=user, model=model, auth=auth, created_at=time.time())).inserted_primary_key[0]
+        try:
+            with self._write() as conn:
+                return conn.execute(feedback.insert().values(
+                    conversation_json=_dumps(conversation), reply=reply, rating=rating, rejected=rejected,
+                    user=user, model=model, auth=auth, completion_id=completion_id, choice=choice,
+                    created_at=time.time())).inserted_primary_key[0]
+        except sa.exc.IntegrityError as error:
+            if completion_id is None:
+                raise
+            raise FeedbackExists(f"feedback on choice {choice} of {completion_id} is recorded already") from error
 
     def feedback(self) -> list[dict]:
         """All chat feedback rows, oldest first."""
@@ -789,6 +828,39 @@ class LabelStore:
                  "rating": r.rating, "rejected": r.rejected, "user": r.user, "model": r.model,
                  "auth": r.auth, "created_at": r.created_at} for r in rows]
 
+    # -- served completions kept for feedback
+    def keep_completion(self, completion_id: str, conversation: Sequence[Mapping], replies: Sequence[str],
+                        withheld: Sequence[bool], *, model: str | None = None, keep_max: int = 10_000,
+                        keep_seconds: float = 7 * 86400.0, now: float | None = None) -> None:
+        """Keep a served completion for later feedback, then drop those older than `keep_seconds` and all but
+        the newest `keep_max` (one transaction)."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(completions.insert().values(
+                completion_id=completion_id, model=model, conversation_json=_dumps(list(conversation)),
+                replies_json=_dumps(list(replies)), withheld_json=_dumps([bool(w) for w in withheld]),
+                created_at=now))
+            conn.execute(completions.delete().where(completions.c.created_at < now - keep_seconds))
+            newest = conn.scalar(sa.select(sa.func.max(completions.c.seq)))
+            conn.execute(completions.delete().where(completions.c.seq <= newest - keep_max))
+
+    def completion(self, completion_id: str, *, since: float | None = None) -> dict | None:
+        """A kept completion (made at `since` or later), or None."""
+        query = sa.select(completions).where(completions.c.completion_id == completion_id)
+        if since is not None:
+            query = query.where(completions.c.created_at >= since)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return {"completion_id": row.completion_id, "model": row.model,
+                "conversation": json.loads(row.conversation_json), "replies": json.loads(row.replies_json),
+                "withheld": json.loads(row.withheld_json), "created_at": row.created_at}
+
+    def count_completions(self) -> int:
+        with self._read() as conn:
+            return conn.scalar(sa.select(sa.func.count()).select_from(completions))
+
     def feedback_preferences(self) -> list[dict]:
         """Compare-mode choices from the chat UI as TRL preference rows (thumbs give no pairs)."""
         return [{"prompt": f["conversation"], "chosen": [{"role": "assistant", "content": f["reply"]}],
@@ -797,4 +869,4 @@ class LabelStore:
 
 
 __all__ = ["open_store", "LabelStore", "Item", "Reply", "Label", "MIGRATIONS", "SCHEMA_VERSION", "FLAG_NAMES",
-           "RankingError", "AssignmentError", "hash_password", "verify_password", "store_url", "create_store_engine", "DEFAULT_HOLD_SECONDS"]
+           "RankingError", "AssignmentError", "FeedbackExists", "hash_password", "verify_password", "store_url", "create_store_engine", "DEFAULT_HOLD_SECONDS"]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from align.errors import AlignError, DataError
 from align.data.labels import RankingError
-from align.data.store import SCHEMA_VERSION, LabelStore, create_store_engine, open_store
+from align.data.store import SCHEMA_VERSION, FeedbackExists, LabelStore, create_store_engine, open_store
 
 
 def user(text):
@@ -73,11 +73,39 @@ def test_opening_an_older_version_migrates_it_and_keeps_its_rows(label_db):
     engine.dispose()
 
     store = open_store(path)
-    assert store.version() == SCHEMA_VERSION == 3
+    assert store.version() == SCHEMA_VERSION == 4
     assert len(store.labels()) == 1 and store.check_password("ada", "pw-ada-secret")
     store.add_feedback(user("hi"), "hello!", rating="up", user="ada", auth="login")
     assert (store.feedback()[0]["rating"], store.feedback()[0]["auth"]) == ("up", "login")
-    assert open_store(path).version() == 3  # opening again is a no-op
+    assert open_store(path).version() == 4  # opening again is a no-op
+
+
+def test_version_4_adds_kept_completions_to_a_version_3_store_with_its_feedback(label_db):
+    old = LabelStore(create_store_engine(label_db))
+    assert old.migrate(target=3) == 3
+    old.add_feedback(user("hi"), "hello!", rating="down", user="ada", auth="none")
+    old.close()
+    store = open_store(label_db)
+    assert store.version() == 4 and store.feedback()[0]["rating"] == "down"
+    store.add_feedback(user("hi"), "hello!", rating="up", completion_id="chatcmpl-1", choice=0)
+    with pytest.raises(FeedbackExists, match="choice 0 of chatcmpl-1"):
+        store.add_feedback(user("hi"), "hey", rejected="hello!", completion_id="chatcmpl-1", choice=0)
+    store.add_feedback(user("hi"), "hello!", rating="up", completion_id="chatcmpl-1", choice=1)
+    store.add_feedback(user("hi"), "hello!", rating="up")  # chat-UI rows name no completion: never collide
+    assert len(store.feedback()) == 4
+
+
+def test_kept_completions_are_bounded_by_count_and_age(store):
+    for i in range(5):
+        store.keep_completion(f"c{i}", user(f"q{i}"), [f"a{i}", f"b{i}"], [False, True], model="m", keep_max=3,
+                              keep_seconds=100.0, now=1000.0 + i)
+    assert store.count_completions() == 3 and store.completion("c1") is None
+    kept = store.completion("c4")
+    assert (kept["conversation"], kept["replies"], kept["withheld"], kept["model"]) == (
+        user("q4"), ["a4", "b4"], [False, True], "m")
+    assert store.completion("c4", since=1004.5) is None  # older than asked for
+    store.keep_completion("late", user("q"), ["a"], [False], keep_max=3, keep_seconds=100.0, now=1103.5)
+    assert [store.completion(c) is not None for c in ("c2", "c3", "c4", "late")] == [False, False, True, True]
 
 
 def test_a_newer_schema_is_refused(label_db):
