@@ -8,8 +8,9 @@
                                   of another choice, or a text>}: into the run's label store, as the chat app's
     GET  /health, GET /metrics    liveness, and Prometheus text (align.serving.metrics)
 
-Errors are OpenAI-shaped (align.serving.protocol). Completions are kept in memory (the last `MAX_KEPT`) for
-feedback; prompts and replies are written to disk only with `log_requests`.
+Errors are OpenAI-shaped (align.serving.protocol). Completions are kept for feedback where the recipe's
+`serve.keep_completions` says (align.serving.feedback: the label store, or memory only); prompts and replies are
+appended to a log file only with `serve.log_requests`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import asyncio
 import json
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,22 +29,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from align.serving import protocol
 from align.serving.access import Access
-from align.serving.engine import GenerationRequest, TransformersEngine
+from align.serving.engine import GenerationRequest
+from align.serving.feedback import Kept, RememberedCompletions, record_feedback
 from align.serving.metrics import Metrics
 from align.serving.protocol import ApiError
-
-MAX_KEPT = 10_000  # completions remembered for feedback
 
 
 @dataclass
 class ServedModel:
-    """A model the API offers: `chat_model` (ui.chat.ChatModel), loaded and given an engine on first use."""
+    """A model the API offers: `chat_model` (ui.chat.ChatModel), loaded and given an engine (`engine_name`:
+transformers or vllm) on first use."""
 
     id: str
     chat_model: object
     max_batch: int = 32
+    engine_name: str = "transformers"
     on_step: object = None
-    _engine: TransformersEngine | None = None
+    _engine: object = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def card(self) -> dict:
@@ -55,16 +56,22 @@ class ServedModel:
                 "gate": gate.get("verdict"), "gate_override": gate.get("override"),
                 "gate_summary": self.chat_model.verdict, "source": self.chat_model.name}
 
-    def engine(self) -> TransformersEngine:
+    def engine(self):
+        """The model's engine (align.serving.engine's interface: encode, submit, context_length, close)."""
         with self._lock:
             if self._engine is None:
-                self.chat_model.load()
-                self._engine = TransformersEngine(self.chat_model.model, self.chat_model.tokenizer,
-                                                  max_batch=self.max_batch, on_step=self.on_step)
-            return self._engine
+                if self.engine_name == "vllm":
+                    from align.serving.vllm_engine import VllmEngine
 
-    def context_length(self) -> int | None:
-        return getattr(getattr(self.chat_model.model, "config", None), "max_position_embeddings", None)
+                    self._engine = VllmEngine.for_model(self.chat_model, max_batch=self.max_batch,
+                                                        on_step=self.on_step)
+                else:
+                    from align.serving.engine import TransformersEngine
+
+                    self.chat_model.load()
+                    self._engine = TransformersEngine(self.chat_model.model, self.chat_model.tokenizer,
+                                                      max_batch=self.max_batch, on_step=self.on_step)
+            return self._engine
 
     def close(self) -> None:
         if self._engine is not None:
@@ -78,37 +85,21 @@ class Limits:
     default_max_tokens: int = 256  # when it asks for none
 
 
-@dataclass
-class Kept:
-    """A finished completion, for feedback."""
-
-    model: str
-    prompt: list[dict]
-    replies: list[str]
-    withheld: list[bool]
-    rated: set = field(default_factory=set)
-
-
 class Service:
     """Everything the routes share."""
 
     def __init__(self, models: dict[str, ServedModel], *, store=None, access: Access | None = None,
                  output_filter=None, limits: Limits = Limits(), log_requests: str | Path | None = None,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, completions: RememberedCompletions | None = None):
         self.models, self.store, self.access = models, store, access or Access()
         self.filter, self.limits, self.metrics = output_filter, limits, metrics or Metrics()
         self.log_path = Path(log_requests) if log_requests else None
-        self.kept: OrderedDict[str, Kept] = OrderedDict()
-        self._kept_lock = threading.Lock()
+        self.completions = completions or RememberedCompletions()  # kept for feedback
         self._log_lock = threading.Lock()
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
         for model in models.values():
             model.on_step = self.metrics.engine_step
-
-    def keep(self, cid: str, kept: Kept) -> None:
-        with self._kept_lock:
-            self.kept[cid] = kept
-            while len(self.kept) > MAX_KEPT:
-                self.kept.popitem(last=False)
 
     def log(self, record: dict) -> None:
         if self.log_path is None:
@@ -148,7 +139,7 @@ def _generation(service: Service, served: ServedModel, engine, body: protocol.Ch
                        param="max_tokens", code="invalid_value")
     messages = [m.model_dump() for m in body.messages]
     prompt_ids = engine.encode(messages)
-    context = served.context_length()
+    context = engine.context_length
     if context and len(prompt_ids) + limit > context:
         raise ApiError(400, f"This model's maximum context length is {context} tokens; the messages take "
                             f"{len(prompt_ids)} and max_tokens asks for {limit} more", param="messages",
@@ -204,14 +195,15 @@ class Completion:
                         self.texts[choice] = verdict.content
                 yield "text", choice, self.texts[choice]
             yield "done", choice
-        self._finished()
+        await run_in_threadpool(self._finished)
 
     def _finished(self) -> None:
         service = self.service
         latency = time.perf_counter() - self.request.submitted_at
         first = None if self.first_text_at is None else self.first_text_at - self.request.submitted_at
         service.metrics.completion(len(self.request.prompt_ids), sum(self.tokens), latency, first)
-        service.keep(self.id, Kept(self.served.chat_model.name, self.messages, list(self.texts), list(self.withheld)))
+        service.completions.keep(self.id, Kept(self.served.chat_model.name, self.messages, list(self.texts),
+                                               list(self.withheld), time.time()))
         service.log({"id": self.id, "model": self.served.id, "caller": self.caller, "messages": self.messages,
                      "replies": self.texts, "finish_reasons": self.finish})
 
@@ -292,7 +284,8 @@ def build_app(service: Service) -> FastAPI:
         body = protocol.parse_body(raw, protocol.FeedbackRequest)
         if service.store is None:
             raise ApiError(400, "this server keeps no label store, so it takes no feedback", code="no_store")
-        row = await run_in_threadpool(_record_feedback, service, body, name, "login" if keyed else "none")
+        row = await run_in_threadpool(record_feedback, service.store, service.completions, body, name,
+                                      "login" if keyed else "none")
         return {"id": row, "object": "feedback", "completion_id": body.completion_id, "choice": body.choice}
 
     return app
@@ -317,46 +310,3 @@ async def _stream(completion: Completion, include_usage: bool):
     finally:
         completion.request.cancelled = True
 
-
-def _record_feedback(service: Service, body: protocol.FeedbackRequest, user: str, auth: str) -> int:
-    """Store the feedback as the chat app does (`LabelStore.add_feedback`): a rating of the reply, or the preferred
-    alternative chosen over it (model "<model> > <model>", as the chat app's compare choices)."""
-    with service._kept_lock:
-        kept = service.kept.get(body.completion_id)
-        if kept is None:
-            raise ApiError(404, f"no completion {body.completion_id!r} on this server (feedback is taken on the "
-                                f"last {MAX_KEPT} completions since it started)", param="completion_id",
-                           code="completion_not_found")
-        if body.choice >= len(kept.replies):
-            raise ApiError(400, f"choice {body.choice}: the completion has {len(kept.replies)} choice(s)",
-                           param="choice", code="invalid_value")
-        if (body.rating is None) == (body.preferred is None):
-            raise ApiError(400, "feedback takes either a rating ('up' or 'down') or a preferred alternative",
-                           param="rating", code="invalid_value")
-        preferred = body.preferred
-        if isinstance(preferred, int) and not isinstance(preferred, bool):
-            if not 0 <= preferred < len(kept.replies) or preferred == body.choice:
-                raise ApiError(400, f"preferred {preferred}: not another choice of this completion", param="preferred",
-                               code="invalid_value")
-            if kept.withheld[preferred]:
-                raise ApiError(400, "a reply the output filter withheld cannot be preferred", param="preferred")
-            preferred = kept.replies[preferred]
-        elif preferred is not None and not preferred.strip():
-            raise ApiError(400, "preferred: the alternative reply is empty", param="preferred", code="invalid_value")
-        if kept.withheld[body.choice]:
-            raise ApiError(400, "a reply the output filter withheld takes no feedback", param="choice")
-        if body.choice in kept.rated:
-            raise ApiError(409, f"feedback on choice {body.choice} of {body.completion_id} is recorded already",
-                           type="conflict", param="choice", code="feedback_exists")
-        kept.rated.add(body.choice)
-    reply = kept.replies[body.choice]
-    try:
-        if preferred is None:
-            return service.store.add_feedback(kept.prompt, reply, rating=body.rating, user=user, model=kept.model,
-                                              auth=auth)
-        return service.store.add_feedback(kept.prompt, preferred, rejected=reply, user=user, auth=auth,
-                                          model=f"{kept.model} > {kept.model}")
-    except BaseException:
-        with service._kept_lock:
-            kept.rated.discard(body.choice)
-        raise

@@ -65,6 +65,12 @@ class _Row:
     sent: int = 0  # characters of the text already emitted
 
 
+def chat_prompt_ids(tokenizer, messages: Messages) -> list[int]:
+    """Token ids of `messages` under the chat template, the assistant's turn opened (as in training)."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def stop_hold(text: str, stops: Sequence[str]) -> int:
     """How many characters at the end of `text` to hold back: the longest ending that begins a stop sequence (it may
     still become one), and a trailing replacement character (half a UTF-8 character)."""
@@ -160,10 +166,12 @@ class TransformersEngine:
 
     # -- the request side
     def encode(self, messages: Messages) -> list[int]:
-        """Token ids of `messages` under the chat template, the assistant's turn opened (as in training)."""
         with self.tokenizer_lock:
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return chat_prompt_ids(self.tokenizer, messages)
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
 
     def submit(self, request: GenerationRequest) -> None:
         if self._stopping.is_set():
@@ -306,16 +314,3 @@ class TransformersEngine:
             request.emit(("done", row.choice, finish, len(row.tokens)))
         return finish is not None
 
-
-def vllm_engine(source: str, **_):
-    """`engine=vllm`: refused with one line where vllm cannot be imported (it needs a GPU machine)."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as error:
-        raise AlignError(f"engine=vllm needs the vllm package, which is not importable here ({error}); install it "
-                         f"on a GPU machine (pip install vllm) or serve with the default engine=transformers") from error
-    raise AlignError("engine=vllm: vllm is importable, but align's vllm adapter is not written yet; serve with "
-                     "engine=transformers")
-
-
-ENGINES = ("transformers", "vllm")

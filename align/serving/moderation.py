@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass
 
 from align.errors import AlignError
+from align.serving.options import FILTER_ACTIONS as ACTIONS
 
-ACTIONS = ("refuse", "flag")
 REFUSAL = "I'm sorry, but I can't help with that."
 log = logging.getLogger("align.serving")
 

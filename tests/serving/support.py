@@ -37,3 +37,30 @@ def client(url: str, key: str = "unused"):
     from openai import OpenAI
 
     return OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def command_args(*argv):
+    """The arguments `python -m align.run serve ARGV...` hands to the serve command (align.serving.cli)."""
+    from align.run import build_parser
+
+    args, extra = build_parser("serve").parse_known_args(["serve", *map(str, argv)])
+    args.overrides = list(args.overrides) + extra
+    return args
+
+
+@contextlib.contextmanager
+def serving_command(*argv):
+    """What `python -m align.run serve ARGV...` would serve (its recipe, flags, store and models: `prepare`), behind
+    the real API server on a free loopback port (the port in the recipe is not used); yields (url, Serving). Leaving
+    the block stops the server, its engine and its store, as a killed process would."""
+    from align.serving.app import build_app
+    from align.serving.cli import prepare
+    from align.serving.server import Running
+
+    prepared = prepare(command_args(*argv))
+    try:
+        with Running(build_app(prepared.service)) as server:
+            yield server.url, prepared
+    finally:
+        prepared.service.close()
+        prepared.service.store.close()
