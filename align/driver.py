@@ -30,6 +30,7 @@ from pathlib import Path
 
 from align import config as config_mod
 from align import distributed
+from align.arguments import add_switches
 from align.card import write_model_card
 from align.errors import GateError
 from align.runs import (Parent, StageWork, failed_checks, find_resumable, fingerprint_inputs, fingerprint_of,
@@ -109,14 +110,17 @@ def is_gated(stage, cfg) -> bool:
     return bool(cfg.gate.enabled) and getattr(stage, "GATED", True)
 
 
+#: the flags that let a stage (or the pipeline) past a safety check, each recorded in the manifest
+RUN_SAFETY_SWITCHES = {
+    "--resume-changed": "resume an interrupted stage although its settings changed (the manifest records both "
+                        "values of each changed key)",
+    "--allow-ungated": "let a gated stage build on a parent trained with the gate off (status ungated; recorded)",
+}
+
+
 def run_safety_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that let a stage (or the pipeline) past a safety check, each recorded in the manifest."""
-    parser.add_argument("--resume-changed", action="store_true",
-                        help="resume an interrupted stage although its settings changed (the manifest records both "
-                             "values of each changed key)")
-    parser.add_argument("--allow-ungated", action="store_true",
-                        help="let a gated stage build on a parent trained with the gate off (status ungated; "
-                             "recorded)")
+    add_switches(parser, RUN_SAFETY_SWITCHES)
 
 
 def gate_status(gate: dict | None, override_reason: str | None, gated: bool = True) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import getpass
 
+from align.arguments import add_switches
 from align.ui.access import add_tls_arguments, tls_files
 
 DEFAULT_PORT = 7862
@@ -45,9 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", default="offline",
                         help="toxicity scorer for --filter-toxicity: offline (align's own, built once), an official "
                              "Detoxify name, or a checkpoint path (default: offline)")
-    parser.add_argument("--no-auth", action="store_true",
-                        help="serve without sign-in (loopback hosts only); feedback is credited to --user and "
-                             "marked auth=none")
+    add_switches(parser, {"--no-auth": "serve without sign-in (loopback hosts only); feedback is credited to --user "
+                                       "and marked auth=none"})
     parser.add_argument("--user", default=None,
                         help="with --no-auth: the name recorded with the feedback (default: your login name); "
                              "otherwise feedback is credited to the signed-in account")
