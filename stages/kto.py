@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from align.config import opt
+from align.log import log
 from align.stages._pairs import PolicyPreferenceOptions
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
@@ -69,12 +70,16 @@ def run(ctx) -> dict:
     dataset = train_rows.to_dataset().shuffle(seed=ctx.cfg.seed)
     trainer = build_trainer(ctx, loaded.policy, loaded.reference, loaded.tokenizer, dataset, weights)
     metrics = training.train(trainer, ctx)
+    left_out = len(train_rows.rows) - len(trainer.train_dataset)  # TRL drops a row whose prompt fills max_length
+    if left_out:
+        log.info(f"kto: {left_out} of {len(train_rows.rows)} training rows left out by TRL: their prompt alone fills "
+                 f"max_length={options.max_length} (max_prompt_length trims prompts)")
 
     # 4. The child against its parent, then save a model plain AutoModelForCausalLM loads.
     comparison = compare_and_save(ctx, trainer, loaded, prompts, beta=options.beta, unpaired=held_out)
     return {**comparison, "eval_rows": len(held_out), "train_rows": len(train_rows.rows),
             "train_desirable": train_rows.counts["desirable"], "train_undesirable": train_rows.counts["undesirable"],
-            "desirable_weight": weights[0], "undesirable_weight": weights[1],
+            "trained_rows": len(trainer.train_dataset), "desirable_weight": weights[0], "undesirable_weight": weights[1],
             "dropped_rows": len(train_rows.dropped) + len(eval_rows.dropped), **metrics}
 
 

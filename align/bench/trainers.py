@@ -7,7 +7,9 @@ Both sides load the model the same way (float32 on CPU, the reward head initiali
 get the same rows in the same format; assistant-only loss, when the recipe trains on the assistant's tokens only,
 is part of the workload, so TRL gets it too (with the same chat template). Everything else on the TRL side is
 TRL's default, e.g. gradient checkpointing on, padded random batches and, for DPO, a reference model TRL loads
-itself and runs in every step.
+itself and runs in every step. KTO gets the same unpaired rows on both sides, shuffled once with the recipe's seed
+as the stage does (its KL term pairs each row with its batch neighbours), and both sides keep TRL's default loss
+weights (the stage's balancing by the counts changes the loss, not the work).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-STAGES = ("sft", "rm", "dpo")
+STAGES = ("sft", "rm", "dpo", "kto")
 SIDES = ("align", "trl")
 
 #: Config fields that name paths or are derived, not chosen: left out of the "what ran" listing.
@@ -36,15 +38,20 @@ def bench_recipe(spec: dict):
     return load_recipe(spec["recipe"], overrides)
 
 
-def training_rows(stage: str, options, steps: int):
+def training_rows(stage: str, options, steps: int, seed: int = 0):
     """The rows both sides train on: the recipe's data, enough for `steps` optimizer steps (more for the reward
-    model, which leaves out pairs longer than max_length)."""
+    model, which leaves out pairs longer than max_length, and for KTO, which leaves out prompts that fill it)."""
     from align.data.preferences import load_preferences
     from align.data.registry import load_chat
+    from align.data.unpaired import load_unpaired
 
     needed = steps * options.batch_size * options.grad_accum
     if stage == "sft":
         return load_chat(options.data, "train", limit=needed).to_dataset()
+    if stage == "kto":
+        # more than needed: TRL leaves out the rows whose prompt alone fills max_length (long ones, in the demo)
+        rows = load_unpaired(options.data, "train", limit=needed * 4, on_bad=options.on_bad_rows)
+        return rows.to_dataset().shuffle(seed=seed)
     limit = needed * (4 if stage == "rm" else 1)
     return load_preferences(options.data, "train", limit=limit, on_bad=options.on_bad_rows).to_dataset()
 
@@ -145,6 +152,12 @@ def trl_trainer(stage: str, cfg, dataset, work_dir: Path):
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
         return RewardTrainer(model=model, args=RewardConfig(**workload), train_dataset=dataset,
                              processing_class=tokenizer), model
+    if stage == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return KTOTrainer(model=model, args=KTOConfig(**workload), train_dataset=dataset,
+                          processing_class=tokenizer), model
     from trl import DPOConfig, DPOTrainer
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -158,8 +171,10 @@ def trl_trainer(stage: str, cfg, dataset, work_dir: Path):
 def measure_stage(spec: dict) -> dict:
     """Build and train one stage on one side (spec: stage, side, recipe, model, steps, threads, work_dir);
     returns tokens, times, memory and what ran. Meant to run in a process of its own."""
+    import contextlib
+
     import torch
-    from trl import DPOTrainer
+    from trl import DPOTrainer, KTOTrainer
 
     from align.bench.measure import MemorySampler, TokenCounter, parameter_count
 
@@ -168,10 +183,12 @@ def measure_stage(spec: dict) -> dict:
     whole = MemorySampler().start()
     cfg = bench_recipe(spec)
     options = cfg[stage]
-    dataset = training_rows(stage, options, spec["steps"])
+    dataset = training_rows(stage, options, spec["steps"], seed=cfg.seed)
     precompute: list[float] = []
     started = time.perf_counter()
-    with time_calls(DPOTrainer, "_precompute_ref_logps", precompute):
+    with contextlib.ExitStack() as timing:
+        for trainer_class in (DPOTrainer, KTOTrainer):  # a reference precompute runs in __init__
+            timing.enter_context(time_calls(trainer_class, "_precompute_ref_logps", precompute))
         build = align_trainer if side == "align" else trl_trainer
         trainer, model = build(stage, cfg, dataset, work_dir)
     build_s = time.perf_counter() - started
