@@ -4,7 +4,7 @@ Default: SFT → gate → RM → DPO → gate, into runs/<recipe name>/. Running
 a finished stage whose inputs are unchanged (same recipe section, same parent, same data — the fingerprint in
 its manifest) is skipped, an interrupted one continues from its checkpoint, and a changed config or dataset
 reruns that stage and everything after it. Human labels join in: when the run's label store has exported
-pairs, they are mixed into the RM and DPO data. The run closes with `eval` of the final model against the base
+pairs, they are mixed into the RM and DPO data, and its thumbs and best/worst-ranked replies into KTO's. The run closes with `eval` of the final model against the base
 model (align.evaluation: held-out data and an independent judge), the run's own RM's judgement of the same pair
 (the training RM's view), a summary table that leads with the evaluation, and runs/<run>/report.html.
 A stage listed in pipeline.sweep runs as a sweep (align/sweep: the recipe's sweep: section) whose best trial
@@ -23,6 +23,7 @@ from align.config import opt
 from align.log import log
 
 PREFERENCE_STAGES = ("rm", "dpo")
+UNPAIRED_STAGES = ("kto",)  # they read the label store's thumbs and best/worst-ranked replies (data/unpaired.py)
 CURATE = "curate"  # a data step (stages/curate.py) the pipeline may run first; `curate.into` names who trains on it
 NOT_A_POLICY = ("rm", CURATE)  # entries of pipeline.stages whose output is no model to chat with, judge or evaluate
 
@@ -32,8 +33,10 @@ class PipelineOptions:
     stages: List[str] = opt(["sft", "rm", "dpo"], "stages in order (each model-producing one is gated); `curate` "
                                                   "first cleans the data of the stages in curate.into")
     labels: Optional[str] = opt(
-        None, "label store whose exported pairs join the rm and dpo data (default: runs/<run>/labels.sqlite if it exists)")
-    mix_labels: bool = opt(True, "mix the label store's pairs into the rm and dpo data when it has any")
+        None, "label store whose exported pairs join the rm and dpo data, and its thumbs the kto data (default: "
+              "runs/<run>/labels.sqlite if it exists)")
+    mix_labels: bool = opt(True, "mix the label store's pairs into the rm and dpo data, and its unpaired examples "
+                                 "(thumbs, best/worst-ranked replies) into the kto data, when it has any")
     final_eval_prompts: int = opt(64, "held-out prompts (the rm's test split) that the final model and the base "
                                       "model both answer, judged by the run's rm; 0 skips the comparison", min=0)
     final_eval_max_new_tokens: int = opt(48, "reply length cap in that comparison", min=1)
@@ -56,33 +59,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (dotted keys)")
 
 
-def _label_spec(options, run_dir: Path) -> str | None:
-    """`labels:<store>` when label mixing is on and the store has exported pairs."""
+def _label_specs(options, run_dir: Path) -> dict[str, str]:
+    """stage → `labels:<store>` when label mixing is on: the preference stages when the store exports pairs, the
+    unpaired ones when it exports unpaired examples."""
     if not options.mix_labels:
-        return None
+        return {}
     store = options.labels or str(run_dir / "labels.sqlite")
     if "://" not in store and not Path(store).is_file():
-        return None
+        return {}
     from align.data.store import open_store
 
     handle = open_store(store)
     try:
-        pairs = len(handle.export_preferences())
+        pairs, examples = len(handle.export_preferences()), len(handle.export_kto())
     finally:
         handle.close()
-    if not pairs:
-        return None
-    log.info(f"mixing {pairs} human preference pairs from {store} into {', '.join(PREFERENCE_STAGES)}")
-    return f"labels:{store}"
+    specs = {}
+    for count, what, stages in ((pairs, "human preference pairs", PREFERENCE_STAGES),
+                                (examples, "unpaired human labels (thumbs, best/worst replies)", UNPAIRED_STAGES)):
+        if count:
+            log.info(f"mixing {count} {what} from {store} into {', '.join(stages)}")
+            specs.update({stage: f"labels:{store}" for stage in stages})
+    return specs
 
 
-def _with_labels(cfg, label_spec: str | None):
-    if label_spec is None:
+def _with_labels(cfg, label_specs: dict[str, str]):
+    if not label_specs:
         return cfg
     import copy
 
     cfg = copy.deepcopy(cfg)  # a private copy to change
-    for stage in PREFERENCE_STAGES:
+    for stage, label_spec in label_specs.items():
         if stage in cfg and label_spec not in cfg[stage].data:
             cfg[stage].data = f"{cfg[stage].data},{label_spec}"
     return cfg
@@ -111,7 +118,7 @@ def run_pipeline(cfg, run: str | None = None, override_gate: str | None = None, 
     sweeps = swept_stages(cfg)
     run_dir = Path(cfg.runs_dir) / (run or cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = _with_labels(cfg, _label_spec(cfg.pipeline, run_dir))
+    cfg = _with_labels(cfg, _label_specs(cfg.pipeline, run_dir))
     stages = list(cfg.pipeline.stages)
     timings: dict[str, float] = {}
     skipped: list[str] = []

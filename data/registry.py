@@ -10,7 +10,8 @@ A spec is one of:
 - `curated` (the newest finished `python -m align.run curate` under ./runs, or $ALIGN_RUNS_DIR), `curated:<run
   folder>`, or a curate folder's path (runs/<run>/curate): the curated rows, with the splits curation kept;
 - several of these joined by commas (`hh-harmless,labels:runs/demo/labels.sqlite`): their rows one after the
-  other (a row limit applies to each).
+  other (a row limit applies to each; a part with no rows in a split, e.g. a label store of fewer than 10 rows in
+  `test`, is left out of that split, said so, as long as another part has rows).
 
 A file, a label store or a hub dataset without a `test` split is split deterministically: every 10th row
 (rows 10, 20, ...) is held out as `test`, the rest is `train`.
@@ -33,9 +34,15 @@ from pathlib import Path
 from typing import Callable
 
 from align.errors import DataError
+from align.log import log
 from align.paths import DATA_DIR
 
 ROLES = ("system", "user", "assistant")
+
+
+class EmptySplit(DataError):
+    """A spec whose split holds no rows at all."""
+
 HOLDOUT_EVERY = 10
 
 
@@ -394,13 +401,20 @@ def load_rows(spec: str, split: str, check: Callable[[object, str, int], dict], 
               limit: int = -1) -> Rows:
     parts = mix_parts(spec)
     if len(parts) > 1:
-        loaded = [load_rows(part, split, check, kind=kind, limit=limit) for part in parts]
+        loaded = []
+        for part in parts:
+            try:
+                loaded.append(load_rows(part, split, check, kind=kind, limit=limit))
+            except EmptySplit as empty:
+                log.info(f"{shown_spec(part)}: no {split} rows, left out of the {split} split ({empty.message})")
+        if not loaded:
+            raise EmptySplit(spec, None, None, f"the {split} split has no rows in any part")
         return Rows(spec=spec, split=split, rows=[row for part in loaded for row in part.rows],
                     source=" + ".join(part.source for part in loaded),
                     sha256=hashlib.sha256("".join(part.sha256 for part in loaded).encode()).hexdigest())
     rows, source, sha, numbers = read_spec(spec, split, kind)
     if not rows:
-        raise DataError(source, None, None, f"the {split} split has no rows")
+        raise EmptySplit(source, None, None, f"the {split} split has no rows")
     if limit is not None and limit >= 0:
         rows, numbers = rows[:limit], numbers[:limit]
     clean = [check(row, source, number) for row, number in zip(rows, numbers)]

@@ -116,3 +116,18 @@ def test_the_label_store_exports_thumbs_compare_choices_and_ranked_replies(tmp_p
     loaded = load_unpaired(f"labels:{path}", "train")  # 6 rows: none is a 10th, none held out
     assert loaded.rows == rows and loaded.counts == {"desirable": 3, "undesirable": 3}
     assert load_unpaired(f"labels:{path}", "train", limit=3).counts == {"desirable": 2, "undesirable": 1}
+
+
+def test_a_mixed_in_store_too_small_for_a_test_split_leaves_it_to_the_other_part(tmp_path):
+    path = tmp_path / "labels.sqlite"
+    store = open_store(path)
+    try:
+        store.add_feedback(USER, "Nice.", rating="up")
+        store.add_feedback(USER, "Rude.", rating="down")
+    finally:
+        store.close()
+    spec = f"llamafactory-kto-en-demo,labels:{path}"
+    assert len(load_unpaired(spec, "train").rows) == 270 + 2
+    assert len(load_unpaired(spec, "test").rows) == 30  # two thumbs hold out no 10th row
+    with pytest.raises(DataError, match="no rows"):
+        load_unpaired(f"labels:{path}", "test")

@@ -135,3 +135,24 @@ def test_kto_trains_on_thumbs_given_through_the_chat_apps_api(tmp_path, tiny_sft
     assert metrics["steps"] == 1 and metrics["train_tokens"] > 0  # one batch of 8 holds all six thumbs
     [step] = [h for h in json.loads((runs / "thumbs" / "kto" / "logs" / "history.json").read_text()) if "loss" in h]
     assert "rewards/chosen" in step and "rewards/rejected" in step  # thumbs up and down both trained on
+
+
+def test_the_pipeline_runs_kto_after_sft_with_the_runs_thumbs_mixed_in(tmp_path, tiny_model_dir):
+    from align.data.store import open_store
+
+    data = write_marker_pairs(tmp_path / "marker.jsonl", n=40)
+    runs = tmp_path / "runs"
+    store = open_store(runs / "loop" / "labels.sqlite")  # the run's own store, as the chat app fills it
+    try:
+        store.add_feedback([{"role": "user", "content": "Hi?"}], "Hello, banana, friend.", rating="up")
+        store.add_feedback([{"role": "user", "content": "Hi?"}], "Go away.", rating="down")
+    finally:
+        store.close()
+    assert run_cli("pipeline", "--config", "tiny", "--run", "loop", f"runs_dir={runs}", "pipeline.stages=[sft,kto]",
+                   "pipeline.eval_final=false", "sft.max_steps=2", "kto.max_steps=2", f"kto.data={data}",
+                   "kto.reward_model=none") == 0
+    manifest = _manifest(runs / "loop" / "kto")
+    assert manifest["parent"]["path"] == str(runs / "loop" / "sft")
+    train = manifest["data"][0]
+    assert train["spec"] == f"{data},labels:{runs / 'loop' / 'labels.sqlite'}"
+    assert (train["rows"], train["desirable"], train["undesirable"]) == (72 + 2, 37, 37)  # 36 pairs + 2 thumbs
