@@ -9,6 +9,7 @@ latency; and the ratio of the batched phase's output tokens/s to the one-at-a-ti
 
     python -m align.bench serve-load --clients 32                 # the embedded model (a quiet machine!)
     python -m align.bench serve-load --quick                      # the tiny model, 4 clients: a check, seconds
+    python -m align.bench serve-load --engine vllm --model runs/demo/dpo --clients 64   # on a GPU machine with vllm
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from align.bench.serving import percentile
 from align.errors import AlignError
+from align.serving.options import ENGINES
 
 PROMPTS = [
     "What is the capital of France, and why is it famous?",
@@ -51,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                             f"(default: {FULL['serial_requests']})")
     parser.add_argument("--max-tokens", type=int, help=f"max_tokens per completion (default: {FULL['max_tokens']})")
     parser.add_argument("--max-batch", type=int, help="the server's --max-batch (default: --clients)")
+    parser.add_argument("--engine", default="transformers", choices=ENGINES,
+                        help="the server's --engine: transformers (default) or vllm (a GPU machine with vllm)")
     parser.add_argument("--quick", action="store_true", help="the tiny model and a few clients (a check)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serve-load.json"),
                         help="JSON results (default: runs/bench/serve-load.json; the server's log beside it)")
@@ -116,6 +120,7 @@ async def _phase(base: str, model: str, clients: int, requests: int, max_tokens:
 def _start_server(spec: dict, port: int, work: Path, log_path: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "align.run", "serve", "--model", spec["model"], "--allow-ungated",
                "--port", str(port), "--store", str(work / "labels.sqlite"), "--max-batch", str(spec["max_batch"]),
+               "--engine", spec["engine"],
                "--max-tokens", str(max(spec["max_tokens"], 1)), "--default-max-tokens", str(spec["max_tokens"])]
     log = log_path.open("w")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
@@ -185,11 +190,16 @@ def cli(argv: list[str] | None = None) -> int:
     spec = {key: getattr(args, key) if getattr(args, key, None) is not None else value for key, value in base.items()}
     spec["max_batch"] = args.max_batch or spec["clients"]
     spec["out"] = str(args.out)
+    spec["engine"] = args.engine
     try:
         for key in ("clients", "requests", "serial_requests", "max_tokens", "max_batch"):
             if spec[key] < 1:
                 raise AlignError(f"--{key.replace('_', '-')} must be at least 1, got {spec[key]}")
-        print(f"[serve-load] {spec['model']}: {spec['clients']} clients x {spec['requests']} streamed completions of "
+        if spec["engine"] == "vllm":
+            from align.serving.vllm_engine import check_vllm
+
+            check_vllm()  # here, before a server process starts
+        print(f"[serve-load] {spec['model']} ({spec['engine']}): {spec['clients']} clients x {spec['requests']} streamed completions of "
               f"{spec['max_tokens']} tokens, then {spec['serial_requests']} one at a time", flush=True)
         results = run(spec)
     except AlignError as error:

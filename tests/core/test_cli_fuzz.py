@@ -100,6 +100,10 @@ CASES = [
     _override("gamma", "gamma=2", "ppo.gamma=2.0", command="ppo"),
     _override("on-bad-rows", "on_bad_rows=ignore", "rm.on_bad_rows='ignore'", command="rm"),
     _override("stages-shape", "pipeline.stages=sft", "pipeline.stages", command="pipeline"),
+    _override("serve-port", "serve.port=70000", "serve.port=70000", "at most 65535", command="serve"),
+    Case("override-serve-log-requests", ["serve", "--config", "tiny", "log_requests=[a]"],
+         ("serve.log_requests=['a']", "true, false or a file path")),
+    _recipe("serve-engine", "serve:\n  engine: tgi\n", "serve.engine='tgi'", "not one of", command="serve"),
     # Data files: the row is the file's line (blank lines counted) whatever the kind of error.
     _data("blank-then-bad-role", "roles.jsonl",
           _jsonl(CHAT, "", {"messages": [{"role": "bot", "content": "x"}, CHAT["messages"][1]]}),

@@ -1,5 +1,6 @@
 """`python -m align.run serve`: what it refuses (an ungated model, another address without keys, vllm where it is
-not installed), its key commands, and the real command in a subprocess answering the openai client."""
+not installed or torch sees no GPU), its key commands, and the real command in a subprocess answering the openai
+client (configured by a recipe key), and taking feedback on a completion made before it was killed (slow)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,19 @@ def test_another_address_needs_keys_and_vllm_needs_vllm(runs, capsys, tmp_path):
     assert "--max-batch" in one_error_line(capsys)
 
 
+def test_vllm_without_cuda_is_refused_before_vllm_or_any_model_loads(runs, capsys, monkeypatch, tmp_path):
+    """An installed vllm (here a package that fails if imported) on a machine whose torch sees no GPU."""
+    package = tmp_path / "site" / "vllm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('vllm was imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    store = tmp_path / "labels.sqlite"
+    assert run_cli("serve", "--runs-dir", runs, "--run", "demo", "--store", store, "serve.engine=vllm") == 2
+    assert one_error_line(capsys) == ("error: serve.engine=vllm needs a CUDA GPU, and torch sees none here; serve "
+                                      "with engine=transformers (CPU or GPU)")
+    assert not store.exists()  # refused before the store opens, let alone a model
+
+
 def test_keys_are_made_listed_and_revoked_and_only_their_hash_is_kept(runs, capsys, tmp_path):
     store = tmp_path / "keys.sqlite"
     assert run_cli("serve", "--run", "demo", "--runs-dir", runs, "--store", store, "--add-key", "bot") == 0
@@ -74,33 +88,70 @@ def test_keys_are_made_listed_and_revoked_and_only_their_hash_is_kept(runs, caps
     assert run_cli("serve", "--run", "demo", "--runs-dir", runs, "--store", store, "--revoke-key", "bot") == 2
 
 
+def _start(runs, tmp_path, port: int, *extra: str) -> subprocess.Popen:
+    """The real command in its own process, answering /health."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "align.run", "serve", "--run", "demo", "--runs-dir", str(runs), "--port", str(port),
+         "--store", str(tmp_path / "labels.sqlite"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 180
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def _kill(process: subprocess.Popen) -> str:
+    process.kill()
+    return process.communicate(timeout=30)[0]
+
+
+def _hello(url: str):
+    reply = client(url).chat.completions.create(model="demo/sft", max_tokens=4,
+                                                messages=[{"role": "user", "content": "Hello?"}])
+    assert reply.choices[0].message.content and reply.usage.completion_tokens <= 4
+    return reply
+
+
 def test_the_command_serves_the_openai_client_until_killed(runs, tmp_path):
     port = free_port()
     log = tmp_path / "requests.jsonl"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "align.run", "serve", "--run", "demo", "--runs-dir", str(runs), "--port", str(port),
-         "--store", str(tmp_path / "labels.sqlite"), "--log-requests", str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
+    process = _start(runs, tmp_path, port, f"serve.log_requests={log}")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        reply = client(url).chat.completions.create(model="demo/sft", max_tokens=4,
-                                                    messages=[{"role": "user", "content": "Hello?"}])
-        assert reply.choices[0].message.content and reply.usage.completion_tokens <= 4
+        reply = _hello(f"http://127.0.0.1:{port}")
         assert reply.id in log.read_text()
     finally:
-        process.kill()
-        out = process.communicate(timeout=30)[0]
-    assert "align serve: demo/sft" in out and "prompt logging" in out
+        out = _kill(process)
+    assert "align serve: demo/sft" in out and f"prompt logging {log}" in out and "completions kept in store" in out
+
+
+@pytest.mark.slow  # two server processes: about 80 s on the shared 2 cores (tests/serving/test_restart.py restarts
+def test_feedback_after_the_command_was_killed_and_started_again(runs, tmp_path):  # the server in-process, quicker)
+    from align.data.store import open_store
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _start(runs, tmp_path, port)
+    try:
+        reply = _hello(url)
+    finally:
+        _kill(process)
+    process = _start(runs, tmp_path, port)
+    try:
+        rated = httpx.post(url + "/v1/feedback", json={"completion_id": reply.id, "rating": "up"}, timeout=60)
+    finally:
+        out = _kill(process)
+    assert rated.status_code == 200, (rated.text, out)
+    store = open_store(tmp_path / "labels.sqlite")
+    try:
+        assert [(f["reply"], f["rating"]) for f in store.feedback()] == [(reply.choices[0].message.content, "up")]
+    finally:
+        store.close()
 
 
 def test_api_keys_work_on_each_database(label_db):

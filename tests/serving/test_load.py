@@ -30,3 +30,10 @@ def test_serve_load_refuses_a_bad_count_in_one_line(capsys):
 
     assert cli(["serve-load", "--clients", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --clients must be at least 1, got 0"
+
+
+def test_serve_load_with_vllm_is_refused_in_one_line_where_vllm_cannot_run(capsys):
+    from align.bench import cli
+
+    assert cli(["serve-load", "--quick", "--engine", "vllm"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: serve.engine=vllm needs the vllm package")
