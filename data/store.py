@@ -687,6 +687,13 @@ class LabelStore:
                 RankedLabel(label.annotator, label.ranking, label.all_unacceptable, label.flags))
         return grouped
 
+    def _labeled_items(self) -> list[tuple[Item, dict[int, str], list[RankedLabel]]]:
+        """Every labeled item, by id: the item, its reply texts by id, and its annotators' labels."""
+        by_item = self._ranked_labels_by_item()
+        with self._read() as conn:
+            labeled = [self._item(conn, item_id) for item_id in sorted(by_item)]
+        return [(item, {reply.id: reply.text for reply in item.replies}, by_item[item.id]) for item in labeled]
+
     # -- export
     def export_preferences(self, *, include_feedback: bool = True) -> list[dict]:
         """Preference pairs as TRL conversational rows: {"prompt", "chosen", "rejected"}.
@@ -696,16 +703,10 @@ class LabelStore:
         all-unacceptable give no pairs. Then (unless `include_feedback` is False) the chat app's
         compare-mode choices, `feedback_preferences()`, so `labels:<store>` trains on both.
         """
-        by_item = self._ranked_labels_by_item()
-        rows = []
-        with self._read() as conn:
-            for item_id in sorted(by_item):
-                item = self._item(conn, item_id)
-                text = {reply.id: reply.text for reply in item.replies}
-                for chosen, rejected in consensus_pairs(by_item[item_id], list(text)):
-                    rows.append({"prompt": item.prompt,
-                                 "chosen": [{"role": "assistant", "content": text[chosen]}],
-                                 "rejected": [{"role": "assistant", "content": text[rejected]}]})
+        rows = [{"prompt": item.prompt, "chosen": [{"role": "assistant", "content": text[chosen]}],
+                 "rejected": [{"role": "assistant", "content": text[rejected]}]}
+                for item, text, ranked in self._labeled_items()
+                for chosen, rejected in consensus_pairs(ranked, list(text))]
         if include_feedback:
             rows += self.feedback_preferences()
         return rows
@@ -718,14 +719,9 @@ class LabelStore:
         (unless `include_feedback` is False) the chat feedback, oldest first: a thumbs up is desirable, a thumbs
         down undesirable (the chat app and the serve API's /v1/feedback store the same rows), and a compare-mode
         choice gives its chosen reply as desirable and the other as undesirable."""
-        by_item = self._ranked_labels_by_item()
-        rows = []
-        with self._read() as conn:
-            for item_id in sorted(by_item):
-                item = self._item(conn, item_id)
-                text = {reply.id: reply.text for reply in item.replies}
-                for reply, desirable in consensus_unpaired(by_item[item_id], list(text)):
-                    rows.append(_unpaired_row(item.prompt, text[reply], desirable))
+        rows = [_unpaired_row(item.prompt, text[reply], desirable)
+                for item, text, ranked in self._labeled_items()
+                for reply, desirable in consensus_unpaired(ranked, list(text))]
         if include_feedback:
             for f in self.feedback():
                 if f["rejected"] is not None:

@@ -60,6 +60,21 @@ def load_stage_pairs(ctx, tokenizer=None, load=load_preferences) -> tuple[Rows, 
     return train_rows, eval_rows
 
 
+def build_policy_trainer(ctx, config_class, trainer_class, policy, reference, tokenizer, dataset, **stage_specific):
+    """A TRL preference trainer of a policy against its reference (DPOTrainer, KTOTrainer) from the recipe, with
+    align's speed choices; `stage_specific`: the config fields only that stage has. `reference`: the frozen parent,
+    or None with LoRA (the trainer wraps the policy; the adapter switched off is the parent)."""
+    from align import models, training
+
+    options = ctx.options
+    args = training.trainer_args(config_class, ctx, options, max_length=options.max_length,
+                                 precompute_ref_log_probs=options.precompute_ref_log_probs, dataset_num_proc=None,
+                                 **stage_specific)
+    trainer = trainer_class(model=policy, ref_model=reference, args=args, train_dataset=dataset,
+                            processing_class=tokenizer, peft_config=models.lora_config(ctx.cfg.lora))
+    return training.tune_for_speed(trainer, options)
+
+
 def compare_and_save(ctx, trainer, loaded, prompts, *, beta: float, pairs=(), unpaired=()) -> dict:
     """After training: the child against its parent (align.compare: held-out `pairs` or `unpaired` rows, and the
     replies of both to `prompts`), a few samples in samples.json, and the child saved as a model plain

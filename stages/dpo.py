@@ -67,18 +67,10 @@ def build_trainer(ctx, policy, reference, tokenizer, dataset):
     `reference`: the frozen parent, or None with LoRA (the adapter switched off is the parent)."""
     from trl import DPOConfig, DPOTrainer
 
-    from align import models, training
+    from align.stages._pairs import build_policy_trainer
 
     options = ctx.options
-    args = training.trainer_args(
-        DPOConfig, ctx, options,
-        beta=options.beta,
-        loss_type=[t.strip() for t in options.loss_type.split(",") if t.strip()],
-        label_smoothing=options.label_smoothing,
-        max_length=options.max_length,
-        precompute_ref_log_probs=options.precompute_ref_log_probs,
-        dataset_num_proc=None,
-    )
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=models.lora_config(ctx.cfg.lora))
-    return training.tune_for_speed(trainer, options)
+    return build_policy_trainer(ctx, DPOConfig, DPOTrainer, policy, reference, tokenizer, dataset,
+                                beta=options.beta,
+                                loss_type=[t.strip() for t in options.loss_type.split(",") if t.strip()],
+                                label_smoothing=options.label_smoothing)

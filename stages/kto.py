@@ -100,19 +100,9 @@ def build_trainer(ctx, policy, reference, tokenizer, dataset, weights=(1.0, 1.0)
     `reference`: the frozen parent, or None with LoRA (the adapter switched off is the parent)."""
     from trl import KTOConfig, KTOTrainer
 
-    from align import models, training
+    from align.stages._pairs import build_policy_trainer
 
     options = ctx.options
-    args = training.trainer_args(
-        KTOConfig, ctx, options,
-        beta=options.beta,
-        loss_type=options.loss_type,
-        desirable_weight=weights[0],
-        undesirable_weight=weights[1],
-        max_length=options.max_length,
-        precompute_ref_log_probs=options.precompute_ref_log_probs,
-        dataset_num_proc=None,
-    )
-    trainer = KTOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=models.lora_config(ctx.cfg.lora))
-    return training.tune_for_speed(trainer, options)
+    return build_policy_trainer(ctx, KTOConfig, KTOTrainer, policy, reference, tokenizer, dataset,
+                                beta=options.beta, loss_type=options.loss_type,
+                                desirable_weight=weights[0], undesirable_weight=weights[1])
