@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from align.errors import DataError
 from align.log import log
@@ -99,26 +99,44 @@ def _read_file(path: Path) -> tuple[list, list[int]]:
     return rows, numbers if numbers is not None else list(range(1, len(rows) + 1))
 
 
+def iter_file_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """A JSONL/JSONL.gz file's rows one at a time with their line numbers (blank lines skipped, counted), or a
+    Parquet file's, batch by batch, with their positions; a bad line stops it with a DataError naming the file and
+    the line. (What `curate.streaming` reads, and _read_rows's JSONL reading.)"""
+    try:
+        if path.name.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            number = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
+            return
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(path, number, None, "not UTF-8 text") from None
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(path, number, None, f"not valid JSON: {exc.msg}") from None
+    except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
+        what = "cut off (truncated)" if isinstance(exc, EOFError) else "cannot read"
+        raise DataError(path, None, None, f"{what}: {exc}".splitlines()[0]) from None
+
+
 def _read_rows(path: Path) -> tuple[list, list[int] | None]:
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.gz")):
-            opener = gzip.open if name.endswith(".gz") else open
-            rows, numbers = [], []
-            with opener(path, "rb") as handle:
-                for number, raw in enumerate(handle, 1):
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise DataError(path, number, None, "not UTF-8 text") from None
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(path, number, None, f"not valid JSON: {exc.msg}") from None
-                    numbers.append(number)
-            return rows, numbers
+            numbered = list(iter_file_rows(path))
+            return [row for _, row in numbered], [number for number, _ in numbered]
         if name.endswith(".json"):
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))

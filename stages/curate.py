@@ -20,9 +20,11 @@ nothing is written.
 from __future__ import annotations
 
 import argparse
-import time
 import copy
+import sys
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import List
 
@@ -30,7 +32,7 @@ from align.config import opt
 from align.data.curate import (balance, decontaminate, dedup, language, length, normalise, pii, toxicity)
 from align.log import log
 
-VERSION = "v1"  # of the steps' behaviour: a new version reruns a finished curation
+VERSION = "v2"  # of the steps' behaviour: a new version reruns a finished curation
 STAGE = "curate"
 # The order the steps run in: cheap ones first, the toxicity scorer on the fewest rows, caps on what is left.
 STEPS = {"normalise": normalise, "dedup": dedup, "pii": pii, "language": language, "length": length,
@@ -53,6 +55,18 @@ class Options:
                                    "fields): drop them (counted) or refuse (stop at the first, naming it)",
                            choices=("drop", "refuse"))
     num_proc: int = opt(1, "processes for the row-by-row steps (normalise, pii; datasets' map)", min=1)
+    streaming: bool = opt(False, "read the rows lazily and curate them chunk by chunk, writing as it goes: memory "
+                                 "holds one chunk and the dedup/decontamination indexes, never the dataset")
+    stream_above_mb: int = opt(1024, "stream without being asked when the local files read exceed this many MB "
+                                     "(-1: only with streaming=true)", min=0, also=(-1,))
+    chunk_rows: int = opt(10_000, "rows per chunk when streaming (and per shard chunk on a cluster)", min=1)
+    executor: str = opt("none", "run the steps as datatrove pipeline stages over shards: local processes, Slurm "
+                                "or Ray (pip install 'align[curate-cluster]'); none: in this process",
+                        choices=("none", "local", "slurm", "ray"))
+    tasks: int = opt(4, "shards (datatrove tasks) for executor=local/slurm/ray", min=1)
+    workers: int = opt(2, "shards curated at once (executor=local: processes; slurm: array parallelism)", min=1)
+    cluster: dict = opt({}, "extra keyword arguments for datatrove's Slurm or Ray executor (e.g. {partition: cpu, "
+                            "time: '4:00:00'} for Slurm)")
     progress: bool = opt(True, "progress bars")
     normalise: normalise.Options = _section(normalise)
     dedup: dedup.Options = _section(dedup)
@@ -90,7 +104,7 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
     from align.driver import _git_commit, _peak_rss_mb, _versions
     from align.runs import Parent, StageWork, fingerprint_inputs, fingerprint_of, read_manifest, write_json
     from align import config as config_mod
-    from align.data.curate import Env
+    from align.data.curate import Env, flow
     from align.data.curate import load as loader
     from align.data.curate import report as reporting
     from align.data.registry import spec_digest
@@ -105,48 +119,48 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
         log.info(f"curate: {run_dir / STAGE} is up to date (same data and settings): skipped")
         return run_dir / STAGE
 
-    # 1. Read both splits, every row checked; nothing is written before this succeeds.
+    # 1. The rows: read whole (and checked: bad input stops before anything is written), or lazily chunk by chunk.
     started, cpu_started = time.time(), time.process_time()
-    loaded, entries = loader.load(spec, options.kind, options.on_bad_rows)
-    records, removed = loaded.kept, list(loaded.removed)
-    steps = [reporting.step_entry(loader.STEP, len(records) + len(removed), loaded, time.time() - started,
-                                  time.process_time() - cpu_started)]
     env = Env(num_proc=options.num_proc, progress=options.progress, model_source=cfg.model.source,
               model_options=cfg.model, scorer=str(cfg.gate.scorer), device="cpu")
-
-    # 2. The steps, in order, each on what the one before kept.
-    for name, step in STEPS.items():
-        step_options = options[name]
-        if not step_options.enabled:
-            continue
-        log.info(f"curate: {name} ({len(records)} rows)")
-        step_started, step_cpu = time.time(), time.process_time()
-        result = step.apply(records, step_options, env)
-        steps.append(reporting.step_entry(name, len(records), result, time.time() - step_started,
-                                          time.process_time() - step_cpu))
-        records = result.kept
-        removed += result.removed
-    wall = time.time() - started
-
-    # 3. Write the curated splits, the removed rows and the report; promote the folder in one rename.
+    names = [name for name in STEPS if options[name].enabled]
+    mode = processing_mode(options, spec)
+    reader = loader.Reader(spec, options.kind, options.on_bad_rows, lazy=mode == "streaming")
+    chunks = reader.chunks(options.chunk_rows) if mode == "streaming" else \
+        list(reader.chunks(sys.maxsize)) if mode == "in memory" else None
+    reading = (time.time() - started, time.process_time() - cpu_started) if mode == "in memory" else (0, 0)
     work = StageWork(run_dir, STAGE)
+    runs_existed = run_dir.parent.exists()
     work.begin(False, inputs)
+    output = None
     try:
+        # 2. The steps in order, each on what the one before kept; the kept and removed rows written as they come.
         out = work.output_dir
-        by_split = {split: [r.row for r in records if r.split == split] for split in ("train", "test")}
-        for split, rows in by_split.items():
-            _write_jsonl(out / f"{split}.jsonl", rows)
-        reporting.write_removed(out, removed)
-        rows_in = steps[0]["rows_in"]
-        report = {"spec": spec, "kind": loaded.notes["kind"], "rows_in": rows_in, "rows_out": len(records),
-                  "rows_read": loaded.notes["rows_read"], "rows_out_by_split": {k: len(v) for k, v in by_split.items()},
-                  "removed": len(removed), "steps": steps, "examples": reporting.examples(removed),
+        output = flow.Output(out, work.work_dir / "removed-parts", [loader.STEP, *names])
+        if mode == "in memory" or mode == "streaming":
+            steps = [(name, partial(flow.open_step, STEPS[name], options[name], env)) for name in names]
+            tallies = flow.run(chunks, loader.STEP, steps, output)
+            tallies[0].wall_s, tallies[0].cpu_s = tallies[0].wall_s + reading[0], tallies[0].cpu_s + reading[1]
+            notes, entries = reader.notes, reader.entries
+        else:
+            from align.data.curate import cluster
+
+            tallies, notes, entries = cluster.run(spec, options, env, names, work.work_dir / "cluster", output)
+        output.close()
+        wall = time.time() - started
+
+        # 3. The report, the manifest; the folder promoted in one rename.
+        steps_report = [tally.entry() for tally in tallies]
+        rows_in, rows_out = steps_report[0]["rows_in"], steps_report[-1]["rows_out"]
+        report = {"spec": spec, "kind": notes["kind"], "mode": mode, "rows_in": rows_in, "rows_out": rows_out,
+                  "rows_read": notes["rows_read"], "rows_out_by_split": {k: output.by_split[k] for k in flow.SPLIT_FILES},
+                  "removed": output.removed, "steps": steps_report, "examples": output.examples.shown(),
                   "removed_file": reporting.REMOVED_NAME, "wall_s": round(wall, 2),
                   "cpu_s": round(time.process_time() - cpu_started, 2),
                   "rows_per_s": round(rows_in / wall) if wall > 0 else None, "peak_rss_mb": _peak_rss_mb()}
         reporting.write(out, report)
         metrics = {key: report[key] for key in ("kind", "rows_in", "rows_out", "rows_out_by_split", "removed")}
-        metrics["removed_by_step"] = {step["name"]: step["removed"] for step in steps}
+        metrics["removed_by_step"] = {step["name"]: step["removed"] for step in steps_report}
         (out / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
         write_json(out / "manifest.json", {
             "stage": STAGE, "run": run_dir.name, "status": "promoted", "parent": None, "model": None,
@@ -155,20 +169,32 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
             "timing": {"wall_s": round(wall, 1), "rows_per_s": report["rows_per_s"], "peak_rss_mb": _peak_rss_mb()},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     except BaseException:
+        if output is not None:
+            output.abandon()
         work.abandon()
+        if not runs_existed and run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()  # nothing written, not even the runs folder
         raise
     final = work.promote()
-    log.info(f"curate: {rows_in} rows in, {len(records)} out ({len(removed)} removed: "
-             + ", ".join(f"{s['name']} {s['removed']}" for s in steps if s["removed"]) + f") in {wall:.1f}s: {final}")
+    log.info(f"curate ({mode}): {rows_in} rows in, {rows_out} out ({output.removed} removed: "
+             + ", ".join(f"{s['name']} {s['removed']}" for s in steps_report if s["removed"])
+             + f") in {wall:.1f}s: {final}")
     return final
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
+def processing_mode(options, spec: str) -> str:
+    """in memory, streaming (asked for, or the local files exceed stream_above_mb), or the datatrove executor's."""
+    from align.data.curate.stream import size_mb
+    from align.data.registry import mix_parts
 
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if options.executor != "none":
+        return f"datatrove {options.executor}"
+    if options.streaming:
+        return "streaming"
+    if options.stream_above_mb >= 0 and size_mb(mix_parts(spec)) > options.stream_above_mb:
+        log.info(f"curate: the data is over stream_above_mb={options.stream_above_mb} MB: streaming")
+        return "streaming"
+    return "in memory"
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -1,7 +1,11 @@
 """Curation of training data before SFT, RM and DPO (`python -m align.run curate`, stages/curate.py).
 
 One module per step, each with its recipe options (`Options`, with `enabled`) and `apply(records, options, env)`
-returning the records it keeps and a `Removed` entry for each one it leaves out (the row, the step, the reason):
+returning the records it keeps and a `Removed` entry for each one it leaves out (the row, the step, the reason).
+A step that keeps something from one chunk of rows to the next (a loaded model, the hashes seen so far) has a
+`Step(options, env)` class whose `apply(records)` is called once per chunk; `ORDERED = True` marks the steps
+whose verdict on a row depends on the rows before it (dedup, decontaminate, balance): those see every row in
+order in one process, the others can run on shards (flow.py runs them, cluster.py splits them):
 
     normalise      Unicode repair (ftfy), whitespace, empty and truncated turns, role order
     dedup          exact (normalised-text hash) and near duplicates (MinHash LSH over word shingles, rensa)
@@ -12,6 +16,9 @@ returning the records it keeps and a `Removed` entry for each one it leaves out 
     balance        caps per source and per first user turn
     decontaminate  n-gram overlap with the gate benchmarks and the held-out split
     report         curate_report.json and curate_report.html
+    load, stream   reading a spec: all of it at once, or lazily in chunks (`curate.streaming`)
+    flow           the steps over chunks of rows, the kept and removed rows written as they come
+    cluster        the same steps as datatrove pipeline stages over shards (local processes, Slurm, Ray)
 
 A record is one row of the input, in TRL's conversational format ({"messages"} for chat data, {"prompt",
 "chosen", "rejected"} for preference pairs), with where it came from: its split, its source and its row number
@@ -32,6 +39,7 @@ class Record:
     source: str
     row: dict
     kind: str  # chat or preference
+    order: int = 0  # its place in the order curation reads rows (the held-out split first): what shards merge by
 
 
 @dataclass
@@ -52,6 +60,7 @@ class StepResult:
     removed: list[Removed] = field(default_factory=list)
     changed: int = 0  # rows kept but modified (normalised text, masked PII)
     notes: dict = field(default_factory=dict)  # step figures for the report (engine, thresholds, ...)
+    counts: dict = field(default_factory=dict)  # step figures that add up over chunks (replies scored, ...)
 
 
 # ---------------------------------------------------------------------------------------------- row texts

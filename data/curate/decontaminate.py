@@ -22,6 +22,7 @@ from align.data.curate import Removed, StepResult, user_text
 from align.data.curate.dedup import words
 
 STEP = "decontaminate"
+ORDERED = True  # the held-out rows are read before the training rows checked against them
 BENCHMARKS = ("toxicity", "crows_pairs", "bbq", "bold", "benign_requests", "held_out")
 
 
@@ -92,26 +93,37 @@ def _shipped_index(names: tuple[str, ...], n: int, min_words: int) -> NgramIndex
     return index
 
 
-def apply(records, options, env) -> StepResult:
-    shipped = tuple(name for name in options.against if name != "held_out")
-    index = _shipped_index(shipped, options.ngram, options.min_words)
-    held_out = None
-    if "held_out" in options.against:
-        held_out = NgramIndex(options.ngram, options.min_words)
-        for record in records:
+class Step:
+    """Decontamination over chunks of rows in order (the held-out split comes first): what it keeps is the
+    benchmarks' n-grams and those of the held-out rows seen so far."""
+
+    def __init__(self, options, env):
+        self.progress = env.progress
+        shipped = tuple(name for name in options.against if name != "held_out")
+        self.index = _shipped_index(shipped, options.ngram, options.min_words)
+        self.held_out = NgramIndex(options.ngram, options.min_words) if "held_out" in options.against else None
+        self.notes = {"against": list(options.against), "ngram": options.ngram,
+                      "reference_ngrams": len(self.index.grams)}
+
+    def apply(self, records) -> StepResult:
+        if self.held_out is not None:
+            for record in records:
+                if record.split != "train":
+                    self.held_out.add(user_text(record.row), f"held_out {record.id}")
+        result = StepResult(kept=[], notes=self.notes)
+        for record in tqdm(records, desc=STEP, unit="row", disable=not self.progress):
             if record.split != "train":
-                held_out.add(user_text(record.row), f"held_out {record.id}")
-    result = StepResult(kept=[], notes={"against": list(options.against), "ngram": options.ngram,
-                                        "reference_ngrams": len(index.grams)})
-    for record in tqdm(records, desc=STEP, unit="row", disable=not env.progress):
-        if record.split != "train":
-            result.kept.append(record)
-            continue
-        text = user_text(record.row)
-        hit = index.hit(text) or (held_out.hit(text) if held_out is not None else None)
-        if hit:
-            reason = "held_out_overlap" if hit[0].startswith("held_out") else "benchmark_overlap"
-            result.removed.append(Removed(record, STEP, reason, f"{hit[0]}: {hit[1]!r}"))
-        else:
-            result.kept.append(record)
-    return result
+                result.kept.append(record)
+                continue
+            text = user_text(record.row)
+            hit = self.index.hit(text) or (self.held_out.hit(text) if self.held_out is not None else None)
+            if hit:
+                reason = "held_out_overlap" if hit[0].startswith("held_out") else "benchmark_overlap"
+                result.removed.append(Removed(record, STEP, reason, f"{hit[0]}: {hit[1]!r}"))
+            else:
+                result.kept.append(record)
+        return result
+
+
+def apply(records, options, env) -> StepResult:
+    return Step(options, env).apply(records)

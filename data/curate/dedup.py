@@ -22,6 +22,7 @@ from align.config import SHARE, opt
 from align.data.curate import Removed, StepResult, row_text, user_text
 
 STEP = "dedup"
+ORDERED = True  # a row is a duplicate of an earlier one
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -67,38 +68,55 @@ def bands_for(threshold: float, num_perm: int) -> int:
     return min(fitting) if fitting else max(options)
 
 
-def apply(records, options, env) -> StepResult:
-    result = StepResult(kept=[], notes={"engine": "rensa", "threshold": options.threshold,
-                                        "shingle": options.shingle, "num_perm": options.num_perm})
-    seen: dict[str, str] = {}
-    lsh = minhashes = None
-    if options.near:
-        import rensa
+class Step:
+    """Dedup over chunks of rows in order: what it keeps from one chunk to the next is the hash of each kept row's
+    text, its MinHash signature in the LSH index and its id (never the rows)."""
 
-        bands = bands_for(options.threshold, options.num_perm)
-        result.notes["bands"] = bands
-        lsh = rensa.RMinHashLSH(threshold=options.threshold, num_perm=options.num_perm, num_bands=bands)
-        minhashes = []
-    kept_ids: list[str] = []
-    for record in tqdm(records, desc=STEP, unit="row", disable=not env.progress):
-        text = key_text(record, options.preference_on)
-        if options.exact:
-            digest = hashlib.blake2b(" ".join(words(text)).encode(), digest_size=16).hexdigest()
-            if digest in seen:
-                result.removed.append(Removed(record, STEP, "exact_duplicate", f"same text as {seen[digest]}"))
-                continue
-        if lsh is not None:
-            minhash = rensa.RMinHash(num_perm=options.num_perm, seed=42)
-            minhash.update(sorted(shingles(text, options.shingle)))
-            match = max(((minhash.jaccard(minhashes[key]), key) for key in lsh.query(minhash)), default=None)
-            if match is not None and match[0] >= options.threshold:
-                result.removed.append(Removed(record, STEP, "near_duplicate",
-                                              f"Jaccard {match[0]:.2f} with {kept_ids[match[1]]}"))
-                continue
-            lsh.insert(len(minhashes), minhash)
-            minhashes.append(minhash)
-        if options.exact:
-            seen[digest] = record.id
-        kept_ids.append(record.id)
-        result.kept.append(record)
-    return result
+    def __init__(self, options, env):
+        self.options, self.progress = options, env.progress
+        self.notes = {"engine": "rensa", "threshold": options.threshold, "shingle": options.shingle,
+                      "num_perm": options.num_perm}
+        self.seen: dict[bytes, str] = {}
+        self.lsh = None
+        self.minhashes: list = []
+        self.kept_ids: list[str] = []
+        if options.near:
+            import rensa
+
+            bands = bands_for(options.threshold, options.num_perm)
+            self.notes["bands"] = bands
+            self.lsh = rensa.RMinHashLSH(threshold=options.threshold, num_perm=options.num_perm, num_bands=bands)
+
+    def apply(self, records) -> StepResult:
+        options = self.options
+        result = StepResult(kept=[], notes=self.notes)
+        for record in tqdm(records, desc=STEP, unit="row", disable=not self.progress):
+            text = key_text(record, options.preference_on)
+            if options.exact:
+                digest = hashlib.blake2b(" ".join(words(text)).encode(), digest_size=16).digest()
+                if digest in self.seen:
+                    result.removed.append(Removed(record, STEP, "exact_duplicate", f"same text as {self.seen[digest]}"))
+                    continue
+            if self.lsh is not None:
+                import rensa
+
+                minhash = rensa.RMinHash(num_perm=options.num_perm, seed=42)
+                minhash.update(sorted(shingles(text, options.shingle)))
+                match = max(((minhash.jaccard(self.minhashes[key]), key) for key in self.lsh.query(minhash)),
+                            default=None)
+                if match is not None and match[0] >= options.threshold:
+                    result.removed.append(Removed(record, STEP, "near_duplicate",
+                                                  f"Jaccard {match[0]:.2f} with {self.kept_ids[match[1]]}"))
+                    continue
+                self.lsh.insert(len(self.minhashes), minhash)
+                self.minhashes.append(minhash)
+            if options.exact:
+                self.seen[digest] = record.id
+            if self.lsh is not None:
+                self.kept_ids.append(record.id)
+            result.kept.append(record)
+        return result
+
+
+def apply(records, options, env) -> StepResult:
+    return Step(options, env).apply(records)

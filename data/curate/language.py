@@ -61,7 +61,7 @@ def apply(records, options, env) -> StepResult:
     judged = [(i, text) for i, text in judged if len(text) >= options.min_chars]
     languages = found.detect_languages_in_parallel_of([text for _, text in judged])
     verdicts = {i: language for (i, _), language in zip(judged, languages)}
-    result = StepResult(kept=[], notes={"languages": list(options.languages), "judged": len(judged)})
+    result = StepResult(kept=[], notes={"languages": list(options.languages)}, counts={"judged": len(judged)})
     for i, record in enumerate(records):
         language = verdicts.get(i, "short")
         if language != "short" and language not in keep:

@@ -35,29 +35,39 @@ def _count_tokens(tokenizer, texts: list[str], batch_size: int, progress: bool) 
     return counts
 
 
-def apply(records, options, env) -> StepResult:
-    from align.models import load_tokenizer
+class Step:
+    """The policy's tokenizer loaded once, each chunk's messages counted in batches."""
 
-    tokenizer = load_tokenizer(env.model_source, env.model_options)
-    shapes = []  # per record: [(field, [token counts of its messages])]
-    texts: list[str] = []
-    for record in records:
-        keys = ("messages",) if "messages" in record.row else ("prompt", "chosen", "rejected")
-        shape = []
-        for key in keys:
-            shape.append((key, len(record.row[key])))
-            texts.extend(m["content"] for m in record.row[key])
-        shapes.append(shape)
-    counts = iter(_count_tokens(tokenizer, texts, options.batch_size, env.progress))
-    result = StepResult(kept=[], notes={"tokenizer": env.model_source})
-    for record, shape in zip(records, shapes):
-        per_field = {key: [next(counts) for _ in range(n)] for key, n in shape}
-        reason = _out_of_bounds(per_field, options)
-        if reason:
-            result.removed.append(Removed(record, STEP, reason[0], reason[1]))
-        else:
-            result.kept.append(record)
-    return result
+    def __init__(self, options, env):
+        from align.models import load_tokenizer
+
+        self.options, self.progress, self.source = options, env.progress, env.model_source
+        self.tokenizer = load_tokenizer(env.model_source, env.model_options)
+
+    def apply(self, records) -> StepResult:
+        shapes = []  # per record: [(field, number of its messages)]
+        texts: list[str] = []
+        for record in records:
+            keys = ("messages",) if "messages" in record.row else ("prompt", "chosen", "rejected")
+            shape = []
+            for key in keys:
+                shape.append((key, len(record.row[key])))
+                texts.extend(m["content"] for m in record.row[key])
+            shapes.append(shape)
+        counts = iter(_count_tokens(self.tokenizer, texts, self.options.batch_size, self.progress))
+        result = StepResult(kept=[], notes={"tokenizer": self.source})
+        for record, shape in zip(records, shapes):
+            per_field = {key: [next(counts) for _ in range(n)] for key, n in shape}
+            reason = _out_of_bounds(per_field, self.options)
+            if reason:
+                result.removed.append(Removed(record, STEP, reason[0], reason[1]))
+            else:
+                result.kept.append(record)
+        return result
+
+
+def apply(records, options, env) -> StepResult:
+    return Step(options, env).apply(records)
 
 
 def _out_of_bounds(per_field: dict[str, list[int]], options) -> tuple[str, str] | None:

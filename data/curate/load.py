@@ -9,12 +9,14 @@ under `on_bad_rows=refuse`; under `drop` it is left out and counted with its rea
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from align.errors import DataError
 from align.data.curate import CHAT, PREFERENCE, Record, Removed, StepResult
-from align.data.registry import check_chat_row, mix_parts, read_spec
+from align.data.registry import check_chat_row, mix_parts
 
 STEP = "validate"
-SPLITS = ("test", "train")  # the test split first: a train row duplicating a held-out one is the one that goes
+SPLITS = ("test", "train")  # every part's test split first: a train row duplicating a held-out one is the one that goes
 
 
 def row_kind(row, source: str, number: int) -> str:
@@ -37,38 +39,76 @@ def _reason(error: DataError) -> str:
     return "invalid"
 
 
-def load(spec: str, kind: str = "auto", on_bad_rows: str = "drop") -> tuple[StepResult, list[dict]]:
-    """(the valid rows of both splits as records, and those left out; each part's manifest entry)."""
-    from align.data.preferences import check_preference_row
+class Reader:
+    """The rows of a spec in curation's order — every part's held-out split, then every part's train split, so a
+    training row that repeats a held-out one is the one that goes and the held-out rows are all known before any
+    training row is checked against them — each checked, as records (kept) and Removed entries (refused).
 
-    checks = {CHAT: check_chat_row, PREFERENCE: check_preference_row}
-    result = StepResult(kept=[], notes={"rows_read": {}})
-    entries = []
-    chosen_kind = None if kind == "auto" else kind
-    for part in mix_parts(spec):
+    lazy: read files row by row (stream.py) instead of whole; share (rank, shards): only every shards-th row from
+    the rank-th on (the rows a cluster task curates; numbered, counted and ordered as in the whole)."""
+
+    def __init__(self, spec: str, kind: str = "auto", on_bad_rows: str = "drop", *, lazy: bool = False,
+                 share: tuple[int, int] = (0, 1)):
+        self.spec, self.on_bad_rows, self.lazy, self.share = spec, on_bad_rows, lazy, share
+        self.kind = None if kind == "auto" else kind
+        self.notes: dict = {"rows_read": {}}
+        self._entries: dict[tuple[int, str], dict] = {}
+
+    @property
+    def entries(self) -> list[dict]:
+        """Each part's and split's manifest entry (spec, split, rows, sha256, source), part by part."""
+        return [self._entries[key] for key in sorted(self._entries, key=lambda k: (k[0], SPLITS.index(k[1])))]
+
+    def __iter__(self) -> Iterator[Record | Removed]:
+        from align.data.curate.stream import rows_of
+        from align.data.preferences import check_preference_row
+
+        checks = {CHAT: check_chat_row, PREFERENCE: check_preference_row}
+        rank, shards = self.share
+        order, kept = 0, 0
         for split in SPLITS:
-            rows, source, sha, numbers = read_spec(part, split)
-            entries.append({"spec": part, "split": split, "rows": len(rows), "sha256": sha, "source": source})
-            result.notes["rows_read"][split] = result.notes["rows_read"].get(split, 0) + len(rows)
-            for row, number in zip(rows, numbers):
-                this = row_kind(row, source, number)
-                chosen_kind = chosen_kind or this
-                if this != chosen_kind:
-                    raise DataError(source, number, None, f"a {this} row among {chosen_kind} rows (curate one kind "
-                                                          f"at a time)")
-                record_id = f"{source}:{number}"
-                try:
-                    clean = checks[this](row, source, number)
-                except DataError as error:
-                    if on_bad_rows == "refuse":
-                        raise
-                    invalid = Record(record_id, split, source, row if isinstance(row, dict) else {}, this)
-                    result.removed.append(Removed(invalid, STEP, _reason(error),
-                                                  f"{error.field or 'row'}: {error.message}"))
-                    continue
-                result.kept.append(Record(record_id, split, source, clean, this))
-    if not result.kept:
-        first = result.removed[0].detail if result.removed else "no rows"
-        raise DataError(spec, None, None, f"no valid rows to curate (first problem: {first})")
-    result.notes["kind"] = chosen_kind
-    return result, entries
+            for index, part in enumerate(mix_parts(self.spec)):
+                rows, source, sha = rows_of(part, split, self.lazy)
+                count = 0
+                for number, row in rows:
+                    order += 1
+                    if (order - 1) % shards != rank:
+                        continue
+                    count += 1
+                    item = self._check(row, source, number, split, order, checks)
+                    kept += isinstance(item, Record)
+                    yield item
+                self._entries[(index, split)] = {"spec": part, "split": split, "rows": count, "sha256": sha(),
+                                                 "source": source}
+                self.notes["rows_read"][split] = self.notes["rows_read"].get(split, 0) + count
+        if not kept and shards == 1:
+            raise DataError(self.spec, None, None, "no valid rows to curate (first problem: "
+                                                   f"{self.notes.get('first_problem', 'no rows')})")
+        self.notes["kind"] = self.kind
+
+    def _check(self, row, source: str, number: int, split: str, order: int, checks) -> Record | Removed:
+        this = row_kind(row, source, number)
+        self.kind = self.kind or this
+        if this != self.kind:
+            raise DataError(source, number, None, f"a {this} row among {self.kind} rows (curate one kind at a time)")
+        record_id = f"{source}:{number}"
+        try:
+            return Record(record_id, split, source, checks[this](row, source, number), this, order)
+        except DataError as error:
+            if self.on_bad_rows == "refuse":
+                raise
+            detail = f"{error.field or 'row'}: {error.message}"
+            self.notes.setdefault("first_problem", detail)
+            invalid = Record(record_id, split, source, row if isinstance(row, dict) else {}, this, order)
+            return Removed(invalid, STEP, _reason(error), detail)
+
+    def chunks(self, size: int) -> Iterator[StepResult]:
+        """The rows in chunks of `size` read (each: the records kept, the rows refused)."""
+        chunk = StepResult(kept=[])
+        for item in self:
+            (chunk.kept if isinstance(item, Record) else chunk.removed).append(item)
+            if len(chunk.kept) + len(chunk.removed) >= size:
+                yield chunk
+                chunk = StepResult(kept=[])
+        if chunk.kept or chunk.removed:
+            yield chunk

@@ -8,6 +8,7 @@ any row shape works and the order is kept.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Callable
 
 from tqdm.auto import tqdm
@@ -51,7 +52,7 @@ def run_rows(records: list[Record], fn: Callable, options: dict, step: str, *, n
             result.removed.append(Removed(record, step, reason, detail or ""))
             continue
         if changed:
-            record = Record(record.id, record.split, record.source, row, record.kind)
+            record = replace(record, row=row)
             result.changed += 1
         result.kept.append(record)
     return result

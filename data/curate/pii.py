@@ -117,5 +117,5 @@ def apply(records, options, env) -> StepResult:
     result = run_rows(records, pii_row, settings, STEP, num_proc=env.num_proc, progress=env.progress)
     result.notes = {"action": options.action, "kinds": list(options.kinds)}
     if options.action == "mask":
-        result.notes["rows_masked"] = result.changed
+        result.counts["rows_masked"] = result.changed
     return result

@@ -4,39 +4,35 @@ of removed rows shown as text: jinja2 with autoescaping), written into the curat
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 from align.paths import write_atomic
 from align.runs import write_json
-from align.data.curate import Removed, row_text
+from align.data.curate import row_text
 
 JSON_NAME, HTML_NAME, REMOVED_NAME = "curate_report.json", "curate_report.html", "removed.jsonl"
 EXAMPLES_PER_REASON = 3
 
 
-def step_entry(name: str, rows_in: int, result, wall_s: float, cpu_s: float) -> dict:
-    """One step's line of the report; cpu_s: this process's CPU seconds in it (its worker processes not counted)."""
-    return {"name": name, "rows_in": rows_in, "removed": len(result.removed), "changed": result.changed,
-            "rows_out": len(result.kept), "reasons": dict(Counter(r.reason for r in result.removed).most_common()),
-            "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3),
-            "rows_per_s": round(rows_in / wall_s) if wall_s > 0 else None, "notes": result.notes}
+class Examples:
+    """A few removed rows per reason, for the report: the first ones in step order (each step's in row order),
+    whichever order the steps' removals arrive in."""
 
+    def __init__(self, steps: list[str]):
+        self.by_step: dict[str, dict[str, list[dict]]] = {step: {} for step in steps}
 
-def examples(removed: list[Removed]) -> dict[str, list[dict]]:
-    shown: dict[str, list[dict]] = {}
-    for entry in removed:
-        group = shown.setdefault(entry.reason, [])
+    def add(self, step: str, reason: str, record_id: str, detail: str, row: dict) -> None:
+        group = self.by_step[step].setdefault(reason, [])
         if len(group) < EXAMPLES_PER_REASON:
-            group.append({"id": entry.record.id, "detail": entry.detail, "text": row_text(entry.record.row)[:1500]
-                          if entry.record.row else ""})
-    return shown
+            group.append({"id": record_id, "detail": detail, "text": row_text(row)[:1500] if row else ""})
 
-
-def write_removed(folder: Path, removed: list[Removed]) -> None:
-    with open(folder / REMOVED_NAME, "w", encoding="utf-8") as handle:
-        for entry in removed:
-            handle.write(json.dumps(entry.to_json(), ensure_ascii=False) + "\n")
+    def shown(self) -> dict[str, list[dict]]:
+        shown: dict[str, list[dict]] = {}
+        for groups in self.by_step.values():
+            for reason, entries in groups.items():
+                group = shown.setdefault(reason, [])
+                group.extend(entries[:EXAMPLES_PER_REASON - len(group)])
+        return shown
 
 
 def write(folder: Path, report: dict) -> None:

@@ -25,25 +25,37 @@ class Options:
     batch_size: int = opt(32, "texts per scorer batch", min=1)
 
 
-def apply(records, options, env) -> StepResult:
-    from align.gates.toxicity import load_scorer
+class Step:
+    """The scorer loaded once, each chunk's replies scored in batches."""
 
-    scorer_spec = options.scorer or env.scorer
-    scorer = load_scorer(scorer_spec, device=env.device)
-    texts, owners = [], []
-    for index, record in enumerate(records):
-        for text in trained_replies(record.row, rejected=options.rejected):
-            texts.append(text)
-            owners.append(index)
-    scores = scorer.score(texts, batch_size=options.batch_size, progress=env.progress)["toxicity"]
-    worst: dict[int, float] = {}
-    for owner, score in zip(owners, scores):
-        worst[owner] = max(worst.get(owner, 0.0), float(score))
-    result = StepResult(kept=[], notes={"scorer": scorer_spec, "threshold": options.threshold,
-                                        "replies_scored": len(texts)})
-    for index, record in enumerate(records):
-        if worst.get(index, 0.0) >= options.threshold:
-            result.removed.append(Removed(record, STEP, "toxic_reply", f"toxicity {worst[index]:.3f}"))
-        else:
-            result.kept.append(record)
-    return result
+    def __init__(self, options, env):
+        from align.gates.toxicity import load_scorer
+
+        self.options, self.progress = options, env.progress
+        self.scorer_spec = options.scorer or env.scorer
+        self.scorer = load_scorer(self.scorer_spec, device=env.device)
+
+    def apply(self, records) -> StepResult:
+        options = self.options
+        texts, owners = [], []
+        for index, record in enumerate(records):
+            for text in trained_replies(record.row, rejected=options.rejected):
+                texts.append(text)
+                owners.append(index)
+        scores = self.scorer.score(texts, batch_size=options.batch_size, progress=self.progress)["toxicity"] \
+            if texts else []
+        worst: dict[int, float] = {}
+        for owner, score in zip(owners, scores):
+            worst[owner] = max(worst.get(owner, 0.0), float(score))
+        result = StepResult(kept=[], notes={"scorer": self.scorer_spec, "threshold": options.threshold},
+                            counts={"replies_scored": len(texts)})
+        for index, record in enumerate(records):
+            if worst.get(index, 0.0) >= options.threshold:
+                result.removed.append(Removed(record, STEP, "toxic_reply", f"toxicity {worst[index]:.3f}"))
+            else:
+                result.kept.append(record)
+        return result
+
+
+def apply(records, options, env) -> StepResult:
+    return Step(options, env).apply(records)

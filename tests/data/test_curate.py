@@ -207,7 +207,7 @@ def test_toxic_chosen_replies_removed_by_the_gate_scorer(small_scorer):
     options = section("toxicity", threshold=threshold)
     result = toxicity.apply(records(rows), options, env(scorer=small_scorer))
     assert [r.record.id for r in result.removed] == [f"rows.jsonl:{toxic + 1}"]
-    assert result.removed[0].reason == "toxic_reply" and result.notes["replies_scored"] == 4  # rejected not scored
+    assert result.removed[0].reason == "toxic_reply" and result.counts["replies_scored"] == 4  # rejected not scored
     strict = toxicity.apply(records(rows), section("toxicity", threshold=threshold, rejected=True),
                             env(scorer=small_scorer))
     assert strict.kept == []  # every row's rejected reply is the toxic one
