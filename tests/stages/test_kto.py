@@ -1,6 +1,7 @@
 """The KTO stage on the tiny model: trained on unpaired examples (here the marker pairs split into a desirable and an
 undesirable reply), gated and promoted, compared with its parent; it resumes after a real kill; and it trains on
-the thumbs people gave through the real chat app (gradio_client on 127.0.0.1) into a label store."""
+the thumbs people gave through the real chat app (gradio_client on 127.0.0.1) into a label store, and the
+serve API's thumbs are KTO examples too."""
 
 from __future__ import annotations
 
@@ -156,3 +157,29 @@ def test_the_pipeline_runs_kto_after_sft_with_the_runs_thumbs_mixed_in(tmp_path,
     train = manifest["data"][0]
     assert train["spec"] == f"{data},labels:{runs / 'loop' / 'labels.sqlite'}"
     assert (train["rows"], train["desirable"], train["undesirable"]) == (72 + 2, 37, 37)  # 36 pairs + 2 thumbs
+
+
+def test_thumbs_given_through_the_serve_api_are_kto_examples(tmp_path, tiny_model_dir):
+    import httpx
+
+    from align.data.store import open_store
+    from align.data.unpaired import load_unpaired
+    from tests.serving.support import client, make_run, serving
+
+    runs, path = tmp_path / "runs", tmp_path / "labels.sqlite"
+    make_run(runs, tiny_model_dir)
+    store = open_store(path)
+    question = [{"role": "user", "content": "Say something about the sea."}]
+    try:
+        with serving(runs, "demo", store, max_tokens=16, default_max_tokens=8) as (url, _):
+            reply = client(url).chat.completions.create(model="demo/sft", messages=question, max_tokens=8, n=2,
+                                                        temperature=1.0, seed=3)
+            for choice, rating in ((0, "up"), (1, "down")):
+                answer = httpx.post(url + "/v1/feedback", json={"completion_id": reply.id, "choice": choice,
+                                                                "rating": rating})
+                assert answer.status_code == 200, answer.text
+    finally:
+        store.close()
+    examples = load_unpaired(f"labels:{path}", "train")
+    assert [(row["prompt"], row["completion"][0]["content"], row["label"]) for row in examples.rows] == [
+        (question, reply.choices[0].message.content, True), (question, reply.choices[1].message.content, False)]
