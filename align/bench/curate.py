@@ -15,7 +15,15 @@ replies. The real stage (stages/curate.py) runs on them in this process with the
 - the MinHash LSH engines side by side on the same replies (rensa, the one curate uses, and datasketch when it is
   installed): seconds to build the signatures and query/insert every row.
 The toxicity step scores every reply with the gate's scorer (the offline one is built once per machine); `--skip
-toxicity` leaves it out. Results go to a JSON file (default runs/bench/curate.json).
+toxicity` leaves it out. `--streaming` runs the stage streaming (curate.streaming=true). Results go to a JSON file
+(default runs/bench/curate.json).
+
+    python -m align.bench curate --memory 100000,400000 --skip toxicity,language
+
+`--memory SIZES` measures memory instead: for each row count, the same synthetic file curated in memory and
+streaming, each by `python -m align.run curate` in a fresh process (peak RSS is a process's high-water mark), with
+its peak resident memory, wall and CPU seconds (the machine may be shared: CPU seconds are the steadier figure),
+rows out, and whether the two wrote identical train.jsonl and removed.jsonl.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -145,6 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--near", type=float, default=0.05, help="share of planted near copies (default: 0.05)")
     parser.add_argument("--num-proc", type=int, default=1, help="processes for the row-by-row steps (default: 1)")
     parser.add_argument("--skip", default="", help="comma-separated steps to leave out, e.g. toxicity")
+    parser.add_argument("--streaming", action="store_true", help="curate streaming (curate.streaming=true)")
+    parser.add_argument("--memory", metavar="SIZES", help="comma-separated row counts: peak memory in memory and "
+                                                          "streaming at each, in fresh processes (e.g. 100000,400000)")
     parser.add_argument("--config", default="default", help="recipe whose curate section (and tokenizer, scorer) "
                                                             "applies (default: default)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/curate.json"), help="JSON results")
@@ -162,12 +175,13 @@ def main(args) -> int:
         from align.errors import ConfigError
 
         raise ConfigError(f"--skip: unknown steps {sorted(unknown)} (steps: {', '.join(STEPS)})")
+    if args.memory:
+        return memory_main(args, skipped)
     rows, planted = synthetic_rows(args.rows, args.exact, args.near)
     with tempfile.TemporaryDirectory(prefix="align-bench-curate-") as tmp:
         data = Path(tmp) / "synthetic.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        overrides = [f"runs_dir={tmp}/runs", f"data={data}", f"num_proc={args.num_proc}", "progress=false",
-                     *[f"{step}.enabled=false" for step in skipped], *args.overrides]
+        overrides = [*_overrides(args, skipped, tmp, data), f"streaming={str(args.streaming).lower()}"]
         cfg = load_recipe(args.config, overrides, command="curate")
         folder = curate(cfg, run="bench", force=True)
         report = json.loads((folder / "curate_report.json").read_text())
@@ -176,6 +190,7 @@ def main(args) -> int:
     replies = [row["messages"][1]["content"] for row in rows]
     results = {
         "rows": args.rows, "num_proc": args.num_proc, "config": args.config, "skipped": skipped,
+        "mode": report["mode"],
         "planted": {"exact_share": args.exact, "near_share": args.near},
         "stage": {key: report[key] for key in ("wall_s", "cpu_s", "rows_per_s", "peak_rss_mb", "rows_out")},
         "steps": {s["name"]: {key: s[key] for key in ("rows_in", "removed", "wall_s", "cpu_s", "rows_per_s", "reasons")}
@@ -194,6 +209,52 @@ def main(args) -> int:
     print(f"  duplicates: recall {quality['recall']}, precision {quality['precision']} "
           f"({quality['removed_by_dedup']} removed, {quality['reachable']} planted copies reachable)")
     print(f"  MinHash LSH engines (s): {results['minhash_engines_s']}")
+    print(f"results: {args.out}")
+    return 0
+
+
+def _overrides(args, skipped: list[str], tmp, data: Path) -> list[str]:
+    return [f"runs_dir={tmp}/runs", f"data={data}", f"num_proc={args.num_proc}", "progress=false",
+            *[f"{step}.enabled=false" for step in skipped], *args.overrides]
+
+
+def memory_main(args, skipped: list[str]) -> int:
+    """Peak RSS of the stage in memory and streaming at each size, each in a fresh `python -m align.run curate`."""
+    from align.hashing import sha256_file
+    from align.runs import write_json
+
+    sizes = [int(size) for size in args.memory.split(",") if size]
+    results = {"config": args.config, "skipped": skipped, "num_proc": args.num_proc, "runs": []}
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="align-bench-curate-") as tmp:
+            data = Path(tmp) / "synthetic.jsonl"
+            rows, _ = synthetic_rows(size, args.exact, args.near)
+            with open(data, "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(row) + "\n" for row in rows)
+            del rows
+            outputs = {}
+            for streaming in (False, True):
+                run = "streaming" if streaming else "memory"
+                command = [sys.executable, "-m", "align.run", "curate", "--config", args.config, "--run", run,
+                           "--force", *_overrides(args, skipped, tmp, data), f"streaming={str(streaming).lower()}",
+                           "stream_above_mb=-1"]
+                started = time.time()
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                folder = Path(tmp) / "runs" / run / "curate"
+                report = json.loads((folder / "curate_report.json").read_text())
+                outputs[run] = [sha256_file(folder / name) for name in ("train.jsonl", "test.jsonl", "removed.jsonl")]
+                entry = {"rows": size, "mode": report["mode"], "peak_rss_mb": report["peak_rss_mb"],
+                         "stage_wall_s": report["wall_s"], "stage_cpu_s": report["cpu_s"],
+                         "process_wall_s": round(time.time() - started, 1), "rows_out": report["rows_out"],
+                         "file_mb": round(data.stat().st_size / 1e6, 1)}
+                results["runs"].append(entry)
+                print(f"  {size:>8} rows ({entry['file_mb']} MB)  {entry['mode']:<10} peak {entry['peak_rss_mb']:>7} MB  "
+                      f"{entry['stage_wall_s']:>7} s ({entry['stage_cpu_s']} s CPU)  rows out {entry['rows_out']}")
+            results["runs"][-1]["identical_to_in_memory"] = outputs["streaming"] == outputs["memory"]
+            print(f"  {size:>8} rows: streaming wrote {'the same' if outputs['streaming'] == outputs['memory'] else 'DIFFERENT'} "
+                  f"train/test/removed files as in memory")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, results)
     print(f"results: {args.out}")
     return 0
 

@@ -21,3 +21,14 @@ def test_curate_bench_finds_the_planted_duplicates_and_times_each_step(tmp_path,
     assert "rensa" in results["minhash_engines_s"]
     assert "recall 1.0, precision 1.0" in capsys.readouterr().out
     assert cli(["curate", "--rows", "10", "--skip", "nothing"]) == 2  # an unknown step: one line, exit 2
+
+
+def test_curate_bench_memory_mode_runs_both_modes_in_fresh_processes(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "memory.json"
+    assert cli(["curate", "--memory", "300", "--config", "tiny", "--skip", "toxicity,language", "--out",
+                str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["mode"] for run in runs] == ["in memory", "streaming"]
+    assert all(run["peak_rss_mb"] > 100 and run["stage_cpu_s"] > 0 and run["rows_out"] < 300 for run in runs)
+    assert runs[0]["rows_out"] == runs[1]["rows_out"] and runs[1]["identical_to_in_memory"] is True
+    assert "streaming wrote the same train/test/removed files as in memory" in capsys.readouterr().out
