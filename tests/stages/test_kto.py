@@ -125,8 +125,11 @@ def test_kto_trains_on_thumbs_given_through_the_chat_apps_api(tmp_path, tiny_sft
     held_out = write_marker_pairs(tmp_path / "marker.jsonl", n=20)  # six thumbs hold out no 10th row of their own
     runs = tmp_path / "runs"
     assert run_cli("kto", "--config", "tiny", "--from", str(tiny_sft), "--run", "thumbs", f"runs_dir={runs}",
-                   f"data=labels:{path}", f"eval_data={held_out}", "max_steps=1", "reward_model=none") == 0
+                   f"data=labels:{path}", f"eval_data={held_out}", "max_steps=1", "reward_model=none",
+                   # LoRA, the reference the adapter-disabled parent, its log-probs precomputed: the cheap setup
+                   "lora.enabled=true", "lora.r=4", "lora.alpha=8", "precompute_ref_log_probs=true") == 0
     manifest = _manifest(runs / "thumbs" / "kto")
+    assert manifest["model"]["format"] == "lora-merged"
     train = manifest["data"][0]
     assert (train["spec"], train["source"]) == (f"labels:{path}", str(path))
     assert (train["rows"], train["desirable"], train["undesirable"]) == (6, 4, 2)
