@@ -7,17 +7,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.serving.support import client, make_run, serving_command
+from tests.serving.support import client, serving_command
 
 pytestmark = pytest.mark.timeout(300)
 SEA = [{"role": "user", "content": "Say something about the sea."}]
-
-
-@pytest.fixture()
-def runs(tmp_path, tiny_model_dir):
-    runs = tmp_path / "runs"
-    make_run(runs, tiny_model_dir, "demo")
-    return runs
 
 
 def two_replies(url):
@@ -29,8 +22,8 @@ def feedback(url, **body):
     return httpx.post(url + "/v1/feedback", json=body, timeout=60)
 
 
-def test_feedback_after_a_restart_lands_in_the_store_and_exports(runs, label_db):
-    argv = ("--config", "tiny", "--run", "demo", "--runs-dir", runs, "--store", label_db)
+def test_feedback_after_a_restart_lands_in_the_store_and_exports(demo_runs, label_db):
+    argv = ("--config", "tiny", "--run", "demo", "--runs-dir", demo_runs, "--store", label_db)
     with serving_command(*argv) as (url, _):
         reply = two_replies(url)
     first, second = (choice.message.content for choice in reply.choices)
@@ -44,13 +37,13 @@ def test_feedback_after_a_restart_lands_in_the_store_and_exports(runs, label_db)
     assert thumb.status_code == 200 and pair.status_code == 200, (thumb.text, pair.text)
     assert again.status_code == 409 and again.json()["error"]["code"] == "feedback_exists"
     assert (rows[0]["conversation"], rows[0]["reply"], rows[0]["rating"]) == (SEA, first, "up")
-    assert rows[0]["model"] == str(runs / "demo" / "sft") and rows[0]["auth"] == "none"
+    assert rows[0]["model"] == str(demo_runs / "demo" / "sft") and rows[0]["auth"] == "none"
     assert {"prompt": SEA, "chosen": [{"role": "assistant", "content": first}],
             "rejected": [{"role": "assistant", "content": second}]} in exported
 
 
-def test_completions_kept_in_memory_never_reach_the_store_and_a_restart_forgets_them(runs, tmp_path):
-    argv = ("--config", "tiny", "--run", "demo", "--runs-dir", runs, "--store", tmp_path / "labels.sqlite",
+def test_completions_kept_in_memory_never_reach_the_store_and_a_restart_forgets_them(demo_runs, tmp_path):
+    argv = ("--config", "tiny", "--run", "demo", "--runs-dir", demo_runs, "--store", tmp_path / "labels.sqlite",
             "serve.keep_completions=memory")
     with serving_command(*argv) as (url, prepared):
         reply = two_replies(url)
