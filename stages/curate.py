@@ -3,6 +3,8 @@
     python -m align.run curate data=my-chats.jsonl                 # into runs/<recipe name>/curate/
     python -m align.run sft data=curated                           # trains on the newest curated rows
     python -m align.run curate --config tiny data=hh-harmless dedup.threshold=0.7 toxicity.enabled=false
+    python -m align.run curate data=big.jsonl.gz streaming=true                # rows read and curated chunk by chunk
+    python -m align.run curate data=big.jsonl.gz executor=local tasks=8 workers=4   # datatrove, over shards
 
 Reads any dataset spec the stages accept (chat rows or preference pairs, both splits), runs the steps below in
 order — each switchable in the recipe's `curate:` section and counting what it removed and why — and writes into
@@ -12,6 +14,9 @@ runs/<run>/curate/:
     removed.jsonl             every row left out: its id (source file:line), step, reason, detail and the row
     curate_report.json/.html  counts per step and reason, rows/s, examples of removed rows
     manifest.json, config.yaml
+Rows are held in memory, or with `streaming` (or data over `stream_above_mb`) read lazily and curated in chunks
+of `chunk_rows`, written as they come: the same files either way (data/curate/flow.py). `executor` runs the steps
+as datatrove pipeline stages over `tasks` shards (data/curate/cluster.py): the same files again.
 A rerun with the same recipe section and data (the fingerprint in the manifest) is skipped; `--force` redoes it.
 Bad input (an unreadable file, a row that is not a row) stops with one line naming the file, row and field, and
 nothing is written.
@@ -125,6 +130,7 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
               model_options=cfg.model, scorer=str(cfg.gate.scorer), device="cpu")
     names = [name for name in STEPS if options[name].enabled]
     mode = processing_mode(options, spec)
+    cluster = _cluster(options.executor) if options.executor != "none" else None
     reader = loader.Reader(spec, options.kind, options.on_bad_rows, lazy=mode == "streaming")
     chunks = reader.chunks(options.chunk_rows) if mode == "streaming" else \
         list(reader.chunks(sys.maxsize)) if mode == "in memory" else None
@@ -137,15 +143,13 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
         # 2. The steps in order, each on what the one before kept; the kept and removed rows written as they come.
         out = work.output_dir
         output = flow.Output(out, work.work_dir / "removed-parts", [loader.STEP, *names])
-        if mode == "in memory" or mode == "streaming":
+        if cluster is not None:
+            tallies, notes, entries = cluster.run(spec, options, env, names, work.work_dir / "cluster", output)
+        else:
             steps = [(name, partial(flow.open_step, STEPS[name], options[name], env)) for name in names]
             tallies = flow.run(chunks, loader.STEP, steps, output)
             tallies[0].wall_s, tallies[0].cpu_s = tallies[0].wall_s + reading[0], tallies[0].cpu_s + reading[1]
             notes, entries = reader.notes, reader.entries
-        else:
-            from align.data.curate import cluster
-
-            tallies, notes, entries = cluster.run(spec, options, env, names, work.work_dir / "cluster", output)
         output.close()
         wall = time.time() - started
 
@@ -180,6 +184,18 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
              + ", ".join(f"{s['name']} {s['removed']}" for s in steps_report if s["removed"])
              + f") in {wall:.1f}s: {final}")
     return final
+
+
+def _cluster(executor: str):
+    """align.data.curate.cluster, or a ConfigError when datatrove is not installed."""
+    from align.errors import ConfigError
+
+    try:
+        from align.data.curate import cluster
+    except ImportError:
+        raise ConfigError(f"curate.executor={executor} needs datatrove: pip install -c constraints.txt -e "
+                          f"'.[curate-cluster]'") from None
+    return cluster
 
 
 def processing_mode(options, spec: str) -> str:

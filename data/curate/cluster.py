@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from datatrove.pipeline.base import PipelineStep
+
 from align.errors import AlignError, DataError
 from align.data.curate import Record, StepResult
 from align.data.curate import flow
@@ -98,26 +100,21 @@ class ShardOutput:
             handle.close()
 
 
-def _pipeline_step():
-    from datatrove.pipeline.base import PipelineStep
+class CurateSegment(PipelineStep):
+    """One segment of align's curate steps as a datatrove pipeline step: for one shard, or (ordered) for all of
+    them merged in order. It reads and writes align's files itself (no datatrove Documents pass between steps)."""
 
-    class CurateSegment(PipelineStep):
-        """One segment of align's curate steps, for one shard (or, ordered, for all of them in order)."""
+    name = "align curate"
+    type = "CURATE"
 
-        name = "align curate"
-        type = "CURATE"
+    def __init__(self, spec: str, options, env, index: int, ordered: bool, names: list[str], folder: str,
+                 shards: int):
+        super().__init__()
+        self.spec, self.options, self.env = spec, options, env
+        self.index, self.ordered, self.names, self.folder, self.shards = index, ordered, names, folder, shards
 
-        def __init__(self, spec, options, env, index: int, ordered: bool, names: list[str], folder: str,
-                     shards: int):
-            super().__init__()
-            self.spec, self.options, self.env = spec, options, env
-            self.index, self.ordered, self.names, self.folder, self.shards = index, ordered, names, folder, shards
-
-        def run(self, data=None, rank: int = 0, world_size: int = 1):
-            run_segment(self, rank)
-            return None
-
-    return CurateSegment
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        run_segment(self, rank)
 
 
 def run_segment(segment, rank: int) -> None:
@@ -182,15 +179,11 @@ def executor(options, pipeline: list, tasks: int, logging_dir: Path, depends, in
 def run(spec: str, options, env, names: list[str], folder: Path, output: flow.Output):
     """Curate through datatrove's executor into `output` (flow.Output); returns (tallies, reader notes, manifest
     entries) as the single-process flow does."""
-    try:
-        segment_class = _pipeline_step()
-    except ImportError:
-        raise AlignError("curate.executor needs datatrove: pip install 'align[curate-cluster]'") from None
     plan = segments(names)
     previous, tasks_of = None, []
     for index, (ordered, steps) in enumerate(plan):
         tasks = 1 if ordered else options.tasks
-        step = segment_class(spec, options, env, index, ordered, steps, str(folder), options.tasks)
+        step = CurateSegment(spec, options, env, index, ordered, steps, str(folder), options.tasks)
         previous = executor(options, [step], tasks, folder / "logs" / f"segment-{index}", previous, index)
         tasks_of.append(tasks)
     try:
