@@ -203,7 +203,7 @@ class Completion:
         first = None if self.first_text_at is None else self.first_text_at - self.request.submitted_at
         service.metrics.completion(len(self.request.prompt_ids), sum(self.tokens), latency, first)
         service.completions.keep(self.id, Kept(self.served.chat_model.name, self.messages, list(self.texts),
-                                               list(self.withheld), time.time()))
+                                               list(self.withheld)))
         service.log({"id": self.id, "model": self.served.id, "caller": self.caller, "messages": self.messages,
                      "replies": self.texts, "finish_reasons": self.finish})
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from align.data.store import FeedbackExists
 from align.serving import protocol
@@ -27,7 +27,7 @@ class Kept:
     prompt: list[dict]
     replies: list[str]
     withheld: list[bool]
-    created_at: float = 0.0
+    created_at: float = field(default_factory=time.time)
 
 
 class RememberedCompletions:
