@@ -186,3 +186,23 @@ def test_thumbs_given_through_the_serve_api_are_kto_examples(tmp_path, tiny_mode
     examples = load_unpaired(f"labels:{path}", "train")
     assert [(row["prompt"], row["completion"][0]["content"], row["label"]) for row in examples.rows] == [
         (question, reply.choices[0].message.content, True), (question, reply.choices[1].message.content, False)]
+
+
+def test_the_pipeline_mixes_pairs_into_rm_and_dpo_and_unpaired_labels_into_kto(tmp_path):
+    from types import SimpleNamespace
+
+    from align.data.store import open_store
+    from align.pipeline import _label_specs
+
+    path = tmp_path / "labels.sqlite"
+    options = SimpleNamespace(mix_labels=True, labels=None)
+    assert _label_specs(options, tmp_path) == {}  # no store yet
+    store = open_store(path)
+    try:
+        store.add_feedback([{"role": "user", "content": "Hi?"}], "Hello.", rating="up")
+        assert _label_specs(options, tmp_path) == {"kto": f"labels:{path}"}  # thumbs make no pairs
+        store.add_feedback([{"role": "user", "content": "Hi?"}], "Hello.", rejected="Go away.")
+        assert _label_specs(options, tmp_path) == {stage: f"labels:{path}" for stage in ("rm", "dpo", "kto")}
+    finally:
+        store.close()
+    assert _label_specs(SimpleNamespace(mix_labels=False, labels=None), tmp_path) == {}
