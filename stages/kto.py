@@ -56,6 +56,11 @@ def run(ctx) -> dict:
     from align.stages._pairs import compare_and_save, load_stage_pairs
 
     options = ctx.options
+    if options.loss_type == "kto" and options.batch_size < 2:
+        from align.errors import ConfigError
+
+        raise ConfigError(f"kto.batch_size={options.batch_size}: KTO's KL term compares each row with the others of "
+                          f"its batch, so a batch needs 2 rows at least (or loss_type=apo_zero_unpaired)")
 
     # 1. The policy, and the reference: the parent's own weights (None with LoRA: TRL disables the adapter).
     loaded = policy_and_reference(ctx.parent.source, ctx.cfg.model, ctx.cfg.lora, device=ctx.device, dtype=ctx.dtype)
@@ -69,11 +74,11 @@ def run(ctx) -> dict:
     # 3. Train.
     dataset = train_rows.to_dataset().shuffle(seed=ctx.cfg.seed)
     trainer = build_trainer(ctx, loaded.policy, loaded.reference, loaded.tokenizer, dataset, weights)
-    metrics = training.train(trainer, ctx)
     left_out = len(train_rows.rows) - len(trainer.train_dataset)  # TRL drops a row whose prompt fills max_length
     if left_out:
         log.info(f"kto: {left_out} of {len(train_rows.rows)} training rows left out by TRL: their prompt alone fills "
                  f"max_length={options.max_length} (max_prompt_length trims prompts)")
+    metrics = training.train(trainer, ctx)
 
     # 4. The child against its parent, then save a model plain AutoModelForCausalLM loads.
     comparison = compare_and_save(ctx, trainer, loaded, prompts, beta=options.beta, unpaired=held_out)

@@ -206,3 +206,12 @@ def test_the_pipeline_mixes_pairs_into_rm_and_dpo_and_unpaired_labels_into_kto(t
     finally:
         store.close()
     assert _label_specs(SimpleNamespace(mix_labels=False, labels=None), tmp_path) == {}
+
+
+def test_a_batch_of_one_row_is_refused_before_any_model_loads(tmp_path, tiny_sft, capsys):
+    runs = tmp_path / "runs"
+    assert run_cli("kto", "--config", "tiny", "--from", str(tiny_sft), "--run", "one", f"runs_dir={runs}",
+                   "batch_size=1") == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "kto.batch_size=1" in line and "2 rows at least" in line
+    assert not (runs / "one" / "kto").exists()
