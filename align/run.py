@@ -99,7 +99,7 @@ def _list_recipes(args) -> int:
     return 0
 
 
-DATA_KINDS = ("chat", "preference", "prompts")
+DATA_KINDS = ("chat", "preference", "unpaired", "prompts")
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,18 +107,21 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "as a stage would, without training: exit 2 at the first bad "
                                                         "row, naming its file, line and field")
     parser.add_argument("--kind", choices=DATA_KINDS, default="chat",
-                        help="what the rows must be: chat (sft), preference (rm, dpo) or prompts (ppo, candidates)")
+                        help="what the rows must be: chat (sft), preference (rm, dpo), unpaired (kto) or prompts (ppo, "
+                             "candidates)")
     parser.add_argument("--split", choices=("train", "test", "all"), default="all", help="which rows (default: all)")
 
 
 def _check_data(spec: str, kind: str, split: str) -> int:
     from align.data.preferences import load_preferences
     from align.data.registry import load_chat, load_prompts
+    from align.data.unpaired import load_unpaired
 
     from align.data.registry import catalog
 
     loaders = {"chat": load_chat, "prompts": load_prompts,
-               "preference": lambda spec, split: load_preferences(spec, split, on_bad="refuse")}
+               "preference": lambda spec, split: load_preferences(spec, split, on_bad="refuse"),
+               "unpaired": lambda spec, split: load_unpaired(spec, split, on_bad="refuse")}
     splits = ("train", "test") if split == "all" and spec in catalog() else (split,)  # a shipped set: two files
     count = sum(len(loaders[kind](spec, part).rows) for part in splits)
     print(f"{spec}: {count} {kind} rows ({split}), all valid")
