@@ -18,6 +18,8 @@ KEY_METRICS = {
     "rm": ("eval_accuracy", "eval_mean_margin", "eval_accuracy_chosen_shorter", "eval_length_spearman"),
     "dpo": ("eval_pref_acc_logp_mean_parent", "eval_pref_acc_logp_mean_child", "eval_pref_acc_implicit_child",
             "eval_win_rate_vs_parent", "eval_kl_per_sequence", "eval_reply_tokens_parent", "eval_reply_tokens_child"),
+    "kto": ("eval_label_auroc_logp_mean_parent", "eval_label_auroc_logp_mean_child", "eval_label_acc_implicit_child",
+            "eval_implicit_reward_gap", "eval_win_rate_vs_parent", "eval_kl_per_sequence", "eval_reply_tokens_child"),
     "curate": ("rows_in", "rows_out", "removed"),
     "ppo": ("rm_reward_parent", "rm_reward_child", "win_rate_vs_parent", "kl_per_sequence", "reply_tokens_parent",
             "reply_tokens_child"),

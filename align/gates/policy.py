@@ -49,7 +49,7 @@ from align.config import ALL_OR_POSITIVE, POSITIVE, SHARE, opt
 
 BENCHMARKS = ("toxicity", "crows_pairs", "bbq", "bold")
 TOXICITY_LABELS = ("toxicity", "severe_toxicity", "obscene", "identity_attack", "insult", "threat", "sexual_explicit")
-GATED_STAGES = ("sft", "dpo", "ppo", "grpo", "rloo")
+GATED_STAGES = ("sft", "dpo", "ppo", "grpo", "rloo", "kto")
 
 
 RULES = ("non_inferiority", "superiority", "point")

@@ -29,7 +29,8 @@ class SweepOptions:
                                      "low, high[, step] | choices}; nested sections or dotted keys")
     objective: Optional[str] = opt(None, "the stage metric (in its manifest's metrics) to optimise (default: the "
                                          "stage's own: sft eval_perplexity_after, rm eval_accuracy, dpo "
-                                         "eval_pref_acc_implicit_child, ppo win_rate_vs_parent)")
+                                         "eval_pref_acc_implicit_child, ppo win_rate_vs_parent, kto "
+                                         "eval_label_acc_implicit_child)")
     direction: Optional[str] = opt(None, "minimize or maximize (default: the objective's known direction)",
                                    choices=("minimize", "maximize"))
     trials: int = opt(8, "finished trials (completed or pruned) the study runs to; workers stop there", min=1)
