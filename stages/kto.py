@@ -49,6 +49,8 @@ class Options(PolicyPreferenceOptions):
 
 
 def run(ctx) -> dict:
+    from datasets import Dataset
+
     from align import training
     from align.data.preferences import unique_prompts
     from align.data.unpaired import load_unpaired
@@ -69,23 +71,42 @@ def run(ctx) -> dict:
     train_rows, eval_rows = load_stage_pairs(ctx, loaded.tokenizer, load=load_unpaired)
     held_out = eval_rows.rows
     prompts = unique_prompts(held_out)[:options.eval_prompts]
-    weights = loss_weights(options, train_rows.counts["desirable"], train_rows.counts["undesirable"])
+    trained = rows_with_room(train_rows.rows, loaded.tokenizer, options.max_length)
+    desirable = sum(1 for row in trained if row["label"])
+    weights = loss_weights(options, desirable, len(trained) - desirable)
 
     # 3. Train.
-    dataset = train_rows.to_dataset().shuffle(seed=ctx.cfg.seed)
+    dataset = Dataset.from_list(trained).shuffle(seed=ctx.cfg.seed)
     trainer = build_trainer(ctx, loaded.policy, loaded.reference, loaded.tokenizer, dataset, weights)
-    left_out = len(train_rows.rows) - len(trainer.train_dataset)  # TRL drops a row whose prompt fills max_length
-    if left_out:
-        log.info(f"kto: {left_out} of {len(train_rows.rows)} training rows left out by TRL: their prompt alone fills "
-                 f"max_length={options.max_length} (max_prompt_length trims prompts)")
     metrics = training.train(trainer, ctx)
 
     # 4. The child against its parent, then save a model plain AutoModelForCausalLM loads.
     comparison = compare_and_save(ctx, trainer, loaded, prompts, beta=options.beta, unpaired=held_out)
     return {**comparison, "eval_rows": len(held_out), "train_rows": len(train_rows.rows),
             "train_desirable": train_rows.counts["desirable"], "train_undesirable": train_rows.counts["undesirable"],
-            "trained_rows": len(trainer.train_dataset), "desirable_weight": weights[0], "undesirable_weight": weights[1],
+            "trained_rows": len(trainer.train_dataset), "trained_desirable": desirable,
+            "desirable_weight": weights[0], "undesirable_weight": weights[1],
             "dropped_rows": len(train_rows.dropped) + len(eval_rows.dropped), **metrics}
+
+
+def rows_with_room(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """The rows whose prompt, under the chat template with the generation prompt, is shorter than max_length: TRL's
+    KTOTrainer leaves out the others (no completion token would be left), so the loss weights are balanced on the
+    rows that train, and the ones left out are said (`max_prompt_length` trims long prompts' earlier turns)."""
+    def prompt_tokens(prompt):
+        return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"])
+
+    kept = [row for row in rows if prompt_tokens(row["prompt"]) < max_length]
+    if len(kept) < len(rows):
+        log.info(f"kto: {len(rows) - len(kept)} of {len(rows)} training rows left out: their prompt alone fills "
+                 f"max_length={max_length} (max_prompt_length trims a prompt's earlier turns)")
+    if not kept:
+        from align.errors import ConfigError
+
+        raise ConfigError(f"kto.max_length={max_length}: every training prompt fills it, leaving no room for a "
+                          f"reply (raise max_length, or set max_prompt_length)")
+    return kept
 
 
 def loss_weights(options, desirable: int, undesirable: int) -> tuple[float, float]:

@@ -215,3 +215,21 @@ def test_a_batch_of_one_row_is_refused_before_any_model_loads(tmp_path, tiny_sft
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert "kto.batch_size=1" in line and "2 rows at least" in line
     assert not (runs / "one" / "kto").exists()
+
+
+def test_rows_without_room_for_a_reply_are_left_out_before_the_weights_are_balanced(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from align.models import load_tokenizer
+    from align.stages.kto import loss_weights, rows_with_room
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    short, long = [{"role": "user", "content": "Hi?"}], [{"role": "user", "content": "word " * 200}]
+    rows = [{"prompt": short, "completion": [{"role": "assistant", "content": "Yes."}], "label": True}] * 3 + \
+           [{"prompt": long, "completion": [{"role": "assistant", "content": "No."}], "label": True}] + \
+           [{"prompt": short, "completion": [{"role": "assistant", "content": "No."}], "label": False}]
+    kept = rows_with_room(rows, tokenizer, max_length=64)
+    assert kept == rows[:3] + rows[4:]
+    auto = SimpleNamespace(desirable_weight=-1.0, undesirable_weight=-1.0)
+    assert loss_weights(auto, 3, 1) == (1.0, 3.0)
+    assert loss_weights(SimpleNamespace(desirable_weight=2.0, undesirable_weight=-1.0), 3, 1) == (2.0, 1.0)
