@@ -125,7 +125,9 @@ def choose_sizes(options: GateOptions, limits: dict[str, Limit], parent_items: d
 def _sentence(benchmark: str, plan: dict) -> str:
     """What was chosen for one benchmark and why, in one line."""
     deciding = max(plan["checks"], key=lambda c: c["size"])
-    why = (f"{deciding['check']} needs {deciding['units']} units for MDE ≤ {deciding['target_mde']:g} "
+    share = "" if deciding["share"] >= 1 else (f" ({deciding['size']} in all: it uses "
+                                                 f"{deciding['share']:.0%} of them)")
+    why = (f"{deciding['check']} needs {deciding['units']} units{share} for MDE ≤ {deciding['target_mde']:g} "
            f"({deciding['basis']})")
     line = f"gate.{plan['option']}={plan['chosen']} (configured {plan['configured']}): {why}"
     if plan["kept_parent_size"] and plan["chosen"] != deciding["size"]:
