@@ -157,7 +157,8 @@ def curate(cfg, run: str | None = None, force: bool = False) -> Path:
         steps_report = [tally.entry() for tally in tallies]
         rows_in, rows_out = steps_report[0]["rows_in"], steps_report[-1]["rows_out"]
         report = {"spec": spec, "kind": notes["kind"], "mode": mode, "rows_in": rows_in, "rows_out": rows_out,
-                  "rows_read": notes["rows_read"], "rows_out_by_split": {k: output.by_split[k] for k in flow.SPLIT_FILES},
+                  "rows_read": notes["rows_read"],
+                  "rows_out_by_split": {split: output.by_split[split] for split in flow.SPLIT_FILES},
                   "removed": output.removed, "steps": steps_report, "examples": output.examples.shown(),
                   "removed_file": reporting.REMOVED_NAME, "wall_s": round(wall, 2),
                   "cpu_s": round(time.process_time() - cpu_started, 2),

@@ -248,11 +248,12 @@ def memory_main(args, skipped: list[str]) -> int:
                          "process_wall_s": round(time.time() - started, 1), "rows_out": report["rows_out"],
                          "file_mb": round(data.stat().st_size / 1e6, 1)}
                 results["runs"].append(entry)
-                print(f"  {size:>8} rows ({entry['file_mb']} MB)  {entry['mode']:<10} peak {entry['peak_rss_mb']:>7} MB  "
-                      f"{entry['stage_wall_s']:>7} s ({entry['stage_cpu_s']} s CPU)  rows out {entry['rows_out']}")
-            results["runs"][-1]["identical_to_in_memory"] = outputs["streaming"] == outputs["memory"]
-            print(f"  {size:>8} rows: streaming wrote {'the same' if outputs['streaming'] == outputs['memory'] else 'DIFFERENT'} "
-                  f"train/test/removed files as in memory")
+                print(f"  {size:>8} rows ({entry['file_mb']} MB)  {entry['mode']:<10} peak {entry['peak_rss_mb']:>7} "
+                      f"MB  {entry['stage_wall_s']:>7} s ({entry['stage_cpu_s']} s CPU)  rows out {entry['rows_out']}")
+            same = outputs["streaming"] == outputs["memory"]
+            results["runs"][-1]["identical_to_in_memory"] = same
+            print(f"  {size:>8} rows: streaming wrote {'the same' if same else 'DIFFERENT'} train/test/removed files "
+                  f"as in memory")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, results)
     print(f"results: {args.out}")
