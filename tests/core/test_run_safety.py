@@ -6,18 +6,13 @@ a resume (by hand, or the pipeline's own) is refused when the settings changed s
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import align_process, kill_after_first_checkpoint, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 # A gate of one cheap check (CrowS-Pairs likelihoods: no generation, no toxicity scorer) on 6 pairs.
 GATE = ["gate.enabled=true", "gate.benchmarks=[crows_pairs]", "gate.crows_pairs=6"]
 IMPOSSIBLE = "gate.limits.crows_pairs_stereotype_share.max=-1"  # a limit no model meets
@@ -89,26 +84,14 @@ def test_an_ungated_model_is_marked_and_a_gated_stage_needs_allow_ungated(tiny_s
 
 
 def _sft_process(runs: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "align.run", "sft", "--config", "tiny", f"runs_dir={runs}",
-                             "--run", "tiny", "max_steps=40", "save_steps=2", *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _kill_after_first_checkpoint(process: subprocess.Popen, checkpoints: Path, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, "the stage ended before it wrote a checkpoint"
-        assert time.time() < deadline, "no checkpoint in time"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    return align_process("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "tiny", "max_steps=40",
+                         "save_steps=2", *extra)
 
 
 def test_resume_after_a_real_kill_refuses_changed_settings_unless_told(tmp_path, tiny_model_dir, capsys):
     runs = tmp_path / "runs"
     work = runs / "tiny" / ".work" / "sft"
-    _kill_after_first_checkpoint(_sft_process(runs, "lr=0.003"), work / "checkpoints")
+    kill_after_first_checkpoint(_sft_process(runs, "lr=0.003"), work / "checkpoints")
     started = json.loads((work / "started.json").read_text())
     assert started["inputs"]["section"]["lr"] == pytest.approx(0.003)
 
@@ -136,7 +119,7 @@ def test_resume_after_a_real_kill_refuses_changed_settings_unless_told(tmp_path,
 
 def test_a_resume_with_the_same_settings_is_marked_in_the_manifest(tmp_path, tiny_model_dir):
     runs = tmp_path / "runs"
-    _kill_after_first_checkpoint(_sft_process(runs), runs / "tiny" / ".work" / "sft" / "checkpoints")
+    kill_after_first_checkpoint(_sft_process(runs), runs / "tiny" / ".work" / "sft" / "checkpoints")
     assert run_cli("sft", "--config", "tiny", f"runs_dir={runs}", "--run", "tiny", "max_steps=40", "save_steps=2",
                    "--resume") == 0
     manifest = _manifest(runs / "tiny" / "sft")
