@@ -6,19 +6,15 @@ serve API's thumbs are KTO examples too."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import align_process, kill_after_first_checkpoint, run_cli
 from tests.stages.marker_pairs import MARKER, marker_pairs, write_marker_pairs
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
 # A gate of one cheap check (CrowS-Pairs likelihoods: no generation, no toxicity scorer) on 6 pairs.
 GATE = ["gate.enabled=true", "gate.benchmarks=[crows_pairs]", "gate.crows_pairs=6"]
 
@@ -84,17 +80,12 @@ def test_kto_is_gated_promoted_and_reports_the_comparison_with_its_parent(marker
 
 
 def test_kto_resumes_after_a_real_kill(tmp_path, tiny_sft):
-    from tests.helpers import kill_after_first_checkpoint
-
     data = write_marker_pairs(tmp_path / "marker.jsonl", n=60)
     runs = tmp_path / "runs"
     command = ["kto", "--config", "tiny", "--from", str(tiny_sft), "--run", "k", f"runs_dir={runs}", f"data={data}",
                "max_steps=16", "save_steps=2", "reward_model=none"]
-    process = subprocess.Popen([sys.executable, "-m", "align.run", *command], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = runs / "k" / ".work" / "kto"
-    kill_after_first_checkpoint(process, work / "checkpoints")
+    kill_after_first_checkpoint(align_process(*command), work / "checkpoints")
     assert not (runs / "k" / "kto").exists()
     assert run_cli(*command, "--resume") == 0
     manifest = _manifest(runs / "k" / "kto")
