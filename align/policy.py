@@ -26,11 +26,13 @@ class PolicyAndReference:
 
 def policy_and_reference(source: str, model_options, lora_options, *, device: str = "auto", dtype=None,
                          wrap_lora: bool = False, gradient_checkpointing: bool = False,
-                         trainable_layers: int = -1) -> PolicyAndReference:
+                         trainable_layers: int = -1, load_reference: bool = True) -> PolicyAndReference:
     """Tokenizer, policy and reference for a stage whose parent is `source` (see the module docstring).
 
     gradient_checkpointing: switched on on the policy before any adapter (generation still passes use_cache=True).
     trainable_layers: with full fine-tuning, freeze all but the top layers (align.models.freeze_lower_layers).
+    load_reference=False: no frozen copy (`reference` None) for trainers that build their own from the policy's
+    folder (TRL's GRPOTrainer, RLOOTrainer).
     """
     from align import models
 
@@ -48,6 +50,8 @@ def policy_and_reference(source: str, model_options, lora_options, *, device: st
         policy = get_peft_model(policy, lora)
         return PolicyAndReference(tokenizer, policy, policy, policy.disable_adapter, lora)
     models.freeze_lower_layers(policy, trainable_layers)
+    if not load_reference:
+        return PolicyAndReference(tokenizer, policy, None, None, None)
     reference = models.load_causal_lm(source, model_options, device=device, dtype=dtype)
     reference.requires_grad_(False).eval()
     return PolicyAndReference(tokenizer, policy, reference, None, None)

@@ -16,6 +16,10 @@ STAGES = {
     "kto": "KTO on desirable/undesirable replies, unpaired: a dataset or the label store's thumbs (TRL KTOTrainer), "
            "evaluated against its parent",
     "ppo": "PPO against the reward model with a KL penalty to the parent (RLHF), evaluated against its parent",
+    "grpo": "GRPO: replies scored by the reward model and rule rewards, each against its group (TRL GRPOTrainer), "
+            "evaluated against its parent",
+    "rloo": "RLOO: REINFORCE with a leave-one-out baseline on the reward model and rule rewards (TRL RLOOTrainer), "
+            "evaluated against its parent",
 }
 
 

@@ -75,7 +75,7 @@ def build_policy_trainer(ctx, config_class, trainer_class, policy, reference, to
     return training.tune_for_speed(trainer, options)
 
 
-def compare_and_save(ctx, trainer, loaded, prompts, *, beta: float, pairs=(), unpaired=()) -> dict:
+def compare_and_save(ctx, trainer, loaded, prompts, *, beta: float, pairs=(), unpaired=(), judge=None) -> dict:
     """After training: the child against its parent (align.compare: held-out `pairs` or `unpaired` rows, and the
     replies of both to `prompts`), a few samples in samples.json, and the child saved as a model plain
     AutoModelForCausalLM loads. `loaded`: align.policy's PolicyAndReference the trainer was built from. Returns the
@@ -88,7 +88,7 @@ def compare_and_save(ctx, trainer, loaded, prompts, *, beta: float, pairs=(), un
     options = ctx.options
     child = trainer.model
     parent, parent_context = (child, child.disable_adapter) if loaded.lora is not None else (loaded.reference, None)
-    judge = reward_model_for(ctx, options.reward_model)
+    judge = judge or reward_model_for(ctx, options.reward_model)  # `judge`: one the stage found already (grpo)
     with torch.no_grad():
         comparison = compare_to_parent(
             child, parent, loaded.tokenizer, pairs, prompts, beta=beta, reward_model=judge,

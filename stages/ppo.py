@@ -22,7 +22,6 @@ from typing import Optional
 
 from align.config import ALL_OR_POSITIVE, POSITIVE, TrainOptions, opt
 from align.ppo.settings import PPOLoopOptions
-from align.log import log
 
 PARENT_STAGES: tuple[str, ...] = ("sft",)
 # One process only for now: every process would sample the same prompts and write the same checkpoints.
@@ -62,6 +61,7 @@ def run(ctx) -> dict:
     from align.ppo.trainer import ActorCritic, PPOSettings, PPOTrainer
     from align.reward import load_reward_model
     from align.data.preferences import trim_prompt
+    from align.stages._online import held_out_pairs, training_prompts
 
     options, model_options = ctx.options, ctx.cfg.model
 
@@ -73,16 +73,12 @@ def run(ctx) -> dict:
                                                        loaded.reference_context)
     lora = loaded.lora
     reward_dir = resolve_reward(ctx)
-    log.info(f"ppo: reward model {reward_dir}")
     reward_model = load_reward_model(reward_dir, device=ctx.device)
     value_model = load_value_model(reward_dir, tokenizer, ctx) if options.value_model == "rm" else None
 
     # 2. Prompts: the training split (prompts too long to answer within max_length left out), held-out pairs.
-    prompt_rows = _load_prompts(options.data, "train", options.max_rows)
-    ctx.record_data(prompt_rows)
-    prompts = fitting_prompts(tokenizer, [trim_prompt(row["prompt"], tokenizer, options.max_prompt_length)
-                                          for row in prompt_rows.rows], options.max_length - options.max_new_tokens)
-    held_out, dropped = _held_out_pairs(ctx, options)
+    prompts, too_long = training_prompts(ctx, tokenizer)
+    held_out, dropped = held_out_pairs(ctx)
     pairs = [{**pair, "prompt": trim_prompt(pair["prompt"], tokenizer, options.max_prompt_length)} for pair in held_out]
 
     # 3. PPO.
@@ -116,22 +112,15 @@ def run(ctx) -> dict:
     # 5. Save a model plain AutoModelForCausalLM loads.
     ctx.model_format = models.save_model(policy, tokenizer, ctx.output_dir, ctx.cfg.lora.save)
     return {**metrics, "reward_model": str(reward_dir), "train_prompts": len(prompts),
-            "prompts_too_long": len(prompt_rows.rows) - len(prompts), "eval_rows": len(pairs), "dropped_rows": dropped}
+            "prompts_too_long": too_long, "eval_rows": len(pairs), "dropped_rows": dropped}
 
 
 def resolve_reward(ctx) -> Path:
     """The reward model, by align.reward.find_reward_model's rule: `ppo.reward`, else the promoted rm of this run,
     else of the parent's run, else (said so) the latest promoted rm under runs_dir; ConfigError when none."""
-    from align.errors import ConfigError
-    from align.reward import find_reward_model
+    from align.stages._online import stage_reward_model
 
-    found = find_reward_model(ctx.options.reward, run_dir=Path(ctx.work.run_dir), parent_run_dir=ctx.parent.run_dir,
-                              runs_dir=Path(ctx.cfg.runs_dir), key="ppo.reward",
-                              say=lambda message: log.info(f"ppo: {message}"))
-    if found is None:
-        raise ConfigError("ppo needs a reward model: pass reward=runs/<run>/rm, or train one first with "
-                          "`python -m align.run rm`")
-    return found
+    return stage_reward_model(ctx, ctx.options.reward, required=True)
 
 
 def load_value_model(reward_dir: Path, tokenizer, ctx):
@@ -143,51 +132,3 @@ def load_value_model(reward_dir: Path, tokenizer, ctx):
         raise ConfigError(f"ppo.value_model=rm: the reward model {reward_dir} has another tokenizer than the policy; "
                           f"use value_model=head")
     return load_sequence_classifier(str(reward_dir), device=ctx.device, dtype=ctx.dtype)
-
-
-def fitting_prompts(tokenizer, prompts: list[list[dict]], max_tokens: int) -> list[list[dict]]:
-    """The prompts whose chat-template rendering (assistant turn opened) fits in max_tokens."""
-    kept = [p for p in prompts
-            if len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True,
-                                                 return_dict=True)["input_ids"]) <= max_tokens]
-    if len(kept) < len(prompts):
-        log.info(f"ppo: {len(prompts) - len(kept)} of {len(prompts)} prompts are longer than {max_tokens} tokens "
-                 f"and are left out (raise max_length to keep them)")
-    if not kept:
-        from align.errors import ConfigError
-
-        raise ConfigError(f"ppo: no prompt fits in max_length - max_new_tokens = {max_tokens} tokens")
-    return kept
-
-
-def _load_prompts(spec: str, split: str, limit: int):
-    from align.data.registry import load_prompts
-
-    return load_prompts(spec, split, limit=limit)
-
-
-def _held_out_pairs(ctx, options) -> tuple[list[dict], int]:
-    """Held-out preference pairs for the comparison, and how many bad ones were dropped. None (said so) only when
-    the training data's test split holds no pairs at all (prompt-only data, no eval_data); otherwise a file that
-    cannot be read, or a split without one usable pair, is a DataError, and a bad pair is dropped, reported and
-    counted (the manifest's data entry, dropped_rows.txt, metrics.dropped_rows), never skipped silently."""
-    from align.errors import DataError
-    from align.data.preferences import load_preferences, write_dropped
-    from align.data.registry import load_rows
-
-    spec = options.eval_data or options.data
-    if options.eval_data is None:  # the training prompts' own test split, when it holds pairs at all
-        try:  # (the file itself was read for the training prompts already: what fails here is an empty test split)
-            held_out = load_rows(spec, "test", lambda row, source, number: row).rows
-        except DataError as error:
-            held_out, why = [], f" ({error})"
-        else:
-            why = ""
-        if not any(isinstance(row, dict) and ("chosen" in row or "rejected" in row) for row in held_out):
-            log.info(f"ppo: {spec} has no held-out preference pairs{why}: no comparison with the parent "
-                     f"(give eval_data=<preference data> for one)")
-            return [], 0
-    rows = load_preferences(spec, "test", limit=options.eval_rows)
-    ctx.record_data(rows)
-    write_dropped(rows, ctx.output_dir)
-    return rows.rows, len(rows.dropped)
