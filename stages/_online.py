@@ -10,6 +10,8 @@ Reward terms (`rewards`, each weighted by the matching `reward_weights` entry, 1
 - `toxicity`: minus P(toxic) from the gates' scorer (`toxicity_model`), PPO's toxicity penalty;
 - `contains:<text>`: 1 when the reply contains the text (case-insensitive), else 0;
 - `regex:<pattern>`: 1 when the pattern matches anywhere in the reply (Python `re.search`), else 0.
+- `python:<module>.<function>`: your own, called as TRL calls reward functions:
+  `function(prompts=..., completions=..., completion_ids=..., **columns) -> list[float]`.
 
 The comparison with the parent after training is dpo's and ppo's (stages/_pairs.compare_and_save): KL, reply
 lengths, the RM's win rate, and the preference accuracy on held-out pairs when the data has them.
@@ -25,7 +27,7 @@ from typing import Callable, Optional
 from align.config import ALL_OR_POSITIVE, POSITIVE, TrainOptions, opt
 from align.log import log
 
-REWARD_TERMS = "rm, length, toxicity, contains:<text>, regex:<pattern>"
+REWARD_TERMS = "rm, length, toxicity, contains:<text>, regex:<pattern>, python:<module>.<function>"
 
 
 @dataclass
@@ -70,8 +72,9 @@ def train_online(ctx, build_trainer: Callable) -> dict:
     from align.stages._pairs import compare_and_save
 
     options = ctx.options
-    terms = reward_terms(ctx)  # bad names, weights and batch sizes are refused before any model loads
+    terms = reward_terms(ctx)  # bad names, weights, batch sizes, a missing rm: refused before any model loads
     check_batch(ctx)
+    reward_dir = stage_reward_model(ctx, options.reward_model, required="rm" in terms)
 
     # 1. The policy (TRL builds the reference from the policy's own folder: the parent's local weights).
     loaded = policy_and_reference(ctx.parent.source, ctx.cfg.model, ctx.cfg.lora, device=ctx.device, dtype=ctx.dtype,
@@ -79,7 +82,6 @@ def train_online(ctx, build_trainer: Callable) -> dict:
     check_local_parent(ctx, loaded.policy)
 
     # 2. The rewards, the training prompts (too long ones left out) and the held-out ones.
-    reward_dir = stage_reward_model(ctx, options.reward_model, required="rm" in terms)
     reward_funcs = reward_functions(ctx, terms, reward_dir)
     prompts, too_long = training_prompts(ctx, loaded.tokenizer)
     held_out, dropped = held_out_pairs(ctx)
@@ -140,12 +142,14 @@ def reward_terms(ctx) -> dict[str, float]:
                           f"({', '.join(names)})")
     for term in names:
         kind, _, argument = term.partition(":")
-        if term in ("rm", "length", "toxicity") or (kind in ("contains", "regex") and argument):
+        if term in ("rm", "length", "toxicity") or (kind in ("contains", "regex", "python") and argument):
             if kind == "regex":
                 try:
                     re.compile(argument)
                 except re.error as error:
                     raise ConfigError(f"{name}.rewards: {term!r} is not a valid regular expression ({error})")
+            if kind == "python":
+                python_reward(argument, f"{name}.rewards")
             continue
         raise ConfigError(f"{name}.rewards: unknown reward {term!r} (known: {REWARD_TERMS})")
     if len(set(names)) < len(names):
@@ -218,6 +222,9 @@ def reward_functions(ctx, terms: dict[str, float], reward_dir: Path | None) -> l
         elif term == "length":
             functions.append(length_penalty(options.max_new_tokens))
             continue
+        elif kind == "python":
+            functions.append(python_reward(argument, f"{ctx.name}.rewards"))
+            continue
         elif kind == "contains":
             function = contains_reward(argument)
         else:
@@ -251,6 +258,23 @@ def contains_reward(text: str):
 def regex_reward(pattern: str):
     compiled = re.compile(pattern)
     return lambda prompts, replies: [1.0 if compiled.search(reply) else 0.0 for reply in replies]
+
+
+def python_reward(path: str, key: str) -> Callable:
+    """The function `module.function` names (a TRL reward callable); ConfigError naming the key when it is not
+    there."""
+    import importlib
+
+    from align.errors import ConfigError
+
+    module, _, attribute = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module), attribute) if module else None
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"{key}: python:{path} cannot be imported ({error})")
+    if not callable(function):
+        raise ConfigError(f"{key}: python:{path} is not a function (give python:<module>.<function>)")
+    return function
 
 
 def reply_text(completion) -> str:
