@@ -24,6 +24,9 @@ KEY_METRICS = {
     "ppo": ("rm_reward_parent", "rm_reward_child", "win_rate_vs_parent", "kl_per_sequence", "reply_tokens_parent",
             "reply_tokens_child"),
 }
+KEY_METRICS["grpo"] = KEY_METRICS["rloo"] = (  # the online RL stages: their training reward, then dpo's comparison
+    "train_reward_first", "train_reward_last", "eval_rm_reward_parent", "eval_rm_reward_child",
+    "eval_win_rate_vs_parent", "eval_kl_per_sequence", "eval_reply_tokens_child")
 
 
 def _key_metrics(stage: str, metrics: dict) -> list[str]:

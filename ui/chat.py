@@ -59,14 +59,14 @@ from align.ui.access import GuardedLogin, TLSFiles, is_loopback
 from align.ui.common import CSS, conversation_html, inert_markdown, notice_html, signed_in_name, text_html
 
 #: Stages whose model one can chat with, best first within a run. (An rm stage is a reward model.)
-CHAT_STAGES = ("ppo", "dpo", "kto", "sft")
+CHAT_STAGES = ("ppo", "grpo", "rloo", "dpo", "kto", "sft")
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 _LOAD_LOCK = threading.Lock()  # from_pretrained patches torch globally while it loads: never two at once
 
 
 # ----------------------------------------------------------------------------------------- models
 def best_stage_of_run(run_dir: Path) -> Path | None:
-    """The run's promoted chat model: ppo, else dpo, else kto, else sft (promoted or overridden)."""
+    """The run's promoted chat model: the first of CHAT_STAGES it has (promoted or overridden)."""
     for stage in CHAT_STAGES:
         if (read_manifest(Path(run_dir) / stage) or {}).get("status") in PROMOTABLE:
             return Path(run_dir) / stage

@@ -30,10 +30,11 @@ from align.log import log
 
 # A stage's own objective and the direction of metrics align's stages report.
 # (dpo: the held-out preference accuracy of its implicit reward, there with or without a reward model; ppo: the
-# reward model's win rate against the parent; kto: the share of held-out replies whose implicit reward has their
-# label's sign.)
+# reward model's win rate against the parent, and so grpo's and rloo's; kto: the share of held-out replies whose
+# implicit reward has their label's sign.)
 DEFAULT_OBJECTIVES = {"sft": "eval_perplexity_after", "rm": "eval_accuracy", "dpo": "eval_pref_acc_implicit_child",
-                      "ppo": "win_rate_vs_parent", "kto": "eval_label_acc_implicit_child"}
+                      "ppo": "win_rate_vs_parent", "kto": "eval_label_acc_implicit_child",
+                      "grpo": "eval_win_rate_vs_parent", "rloo": "eval_win_rate_vs_parent"}
 LOWER_IS_BETTER = ("loss", "perplexity", "kl", "wall_s")
 HIGHER_IS_BETTER = ("acc", "win_rate", "reward", "margin", "tokens_per_s")
 
