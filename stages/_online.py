@@ -104,7 +104,8 @@ def train_online(ctx, build_trainer: Callable) -> dict:
     comparison = compare_and_save(ctx, trainer, parent, eval_prompts, beta=options.beta, pairs=pairs,
                                   judge=reward_dir)
     return {**comparison, **reward_history(trainer.state.log_history), **metrics, "rewards": list(terms),
-            "reward_weights": list(terms.values()), "train_prompts": len(prompts), "prompts_too_long": too_long, "eval_rows": len(pairs), "dropped_rows": dropped}
+            "reward_weights": list(terms.values()), "train_prompts": len(prompts), "prompts_too_long": too_long,
+            "eval_rows": len(pairs), "dropped_rows": dropped}
 
 
 def build_online_trainer(ctx, config_class, trainer_class, policy, tokenizer, dataset, reward_funcs,
@@ -117,8 +118,8 @@ def build_online_trainer(ctx, config_class, trainer_class, policy, tokenizer, da
     terms = reward_terms(ctx)
     args = training.trainer_args(config_class, ctx, options, num_generations=options.num_generations,
                                  max_completion_length=options.max_new_tokens, temperature=options.temperature,
-                                 top_p=1.0, beta=options.beta, epsilon=options.epsilon, reward_weights=list(terms.values()),
-                                 **stage_specific)
+                                 top_p=1.0, beta=options.beta, epsilon=options.epsilon,
+                                 reward_weights=list(terms.values()), **stage_specific)
     trainer = trainer_class(model=policy, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                             processing_class=tokenizer, peft_config=models.lora_config(ctx.cfg.lora))
     return training.tune_for_speed(trainer, options)
@@ -176,8 +177,8 @@ def check_local_parent(ctx, policy) -> None:
 
     source = getattr(policy.config, "_name_or_path", "")
     if ctx.options.beta > 0 and not Path(source).is_dir():
-        raise ConfigError(f"{ctx.name}: the parent {ctx.parent.source} was not loaded from a local folder ({source!r}), "
-                          f"so TRL would build the reference from elsewhere; give --from a stage folder")
+        raise ConfigError(f"{ctx.name}: the parent {ctx.parent.source} was not loaded from a local folder "
+                          f"({source!r}), so TRL would build the reference from elsewhere; give --from a stage folder")
 
 
 # ------------------------------------------------------------------------------------------ rewards

@@ -4,8 +4,8 @@ For each prompt the policy samples `num_generations` replies; each reply's advan
 mean of its group (scaled by the group's standard deviation, `scale_rewards`), and TRL's GRPOTrainer maximises
 the clipped, advantage-weighted likelihood with a KL term to the parent (`beta`). The rewards are the recipe's
 terms (stages/_online.py): the run's reward model (`rm`), and rule-based ones — `length`, `toxicity`,
-`contains:<text>`, `regex:<pattern>` — weighted by `reward_weights`. The reference is the parent's own folder
-(TRL's copy of it, or with LoRA the adapter switched off).
+`contains:<text>`, `regex:<pattern>`, `python:<module>.<function>` — weighted by `reward_weights`. The
+reference is the parent's own folder (TRL's copy of it, or with LoRA the adapter switched off).
 
 Afterwards the child is compared with its parent as dpo and ppo are (align.compare: KL, reply length, the RM's
 win rate, preference accuracy on held-out pairs).

@@ -5,8 +5,8 @@ For each prompt the policy samples `num_generations` replies; each reply's advan
 mean reward of the other replies to the same prompt, and TRL's RLOOTrainer maximises the clipped,
 advantage-weighted likelihood, the KL to the parent (`beta`) subtracted from the reward. The rewards are the
 recipe's terms (stages/_online.py): the run's reward model (`rm`), and rule-based ones — `length`, `toxicity`,
-`contains:<text>`, `regex:<pattern>` — weighted by `reward_weights`. The reference is the parent's own folder
-(TRL's copy of it, or with LoRA the adapter switched off).
+`contains:<text>`, `regex:<pattern>`, `python:<module>.<function>` — weighted by `reward_weights`. The
+reference is the parent's own folder (TRL's copy of it, or with LoRA the adapter switched off).
 
 Afterwards the child is compared with its parent as dpo and ppo are (align.compare: KL, reply length, the RM's
 win rate, preference accuracy on held-out pairs).
