@@ -1,9 +1,9 @@
 """`python -m align.bench`: align's training stages against plain TRL on the same model, data and lengths, plus the
 gate's and the label store's speed, on this machine.
 
-Per training stage (sft, rm, dpo, kto) and side (align: the stage's own `build_trainer` from the recipe; trl: TRL's
-trainer with its documented defaults, see align/bench/trainers.py), each in a fresh process so that memory peaks
-do not mix:
+Per training stage (sft, rm, dpo, kto, grpo, rloo) and side (align: the stage's own `build_trainer` from the
+recipe; trl: TRL's trainer with its documented defaults, see align/bench/trainers.py), each in a fresh process so
+that memory peaks do not mix:
 - tokens/s: non-padding tokens of the training forwards ÷ training wall time (trainer.train(), plus DPO's reference
   precompute when a side does one); the same count on both sides (align/bench/measure.py);
 - wall time, peak resident memory and its growth over the process's start, and during training alone;
@@ -36,7 +36,7 @@ from align.bench.trainers import SIDES, STAGES
 
 SERVING = ("gate", "store")
 EVERYTHING = STAGES + SERVING
-FLOPS_PER_TOKEN = {"sft": 6, "rm": 6, "dpo": 8, "kto": 12}  # × N (see the module docstring)
+FLOPS_PER_TOKEN = {"sft": 6, "rm": 6, "dpo": 8, "kto": 12, "grpo": 8, "rloo": 8}  # × N (see the module docstring)
 
 #: --quick: the tiny model, a few steps, small gate and store runs (for tests, seconds per stage).
 QUICK = {"model": "tiny", "recipe": "tiny", "steps": 3, "submits": 40, "matmul_size": 256}
@@ -50,7 +50,8 @@ DEFINITIONS = {
            "this run at the same torch thread count",
     "flops_per_token": "6·N for training (forward + backward); DPO 8·N (its reference forward adds 2·N); KTO 12·N "
                        "(the reference's forward, and the KL term's forwards of the policy and the reference on "
-                       "mismatched replies, 2·N each); N = "
+                       "mismatched replies, 2·N each); GRPO and RLOO 8·N (the reference's forward; "
+                       "sampling the replies, whose forwards run without gradients, is in the wall time only); N = "
                        "parameters incl. the LM head (a tied head counted again); attention FLOPs left out",
     "ratio": "align tokens_per_s ÷ TRL tokens_per_s",
     "memory_mb": "peak resident memory of the side's own process minus its resident memory at the start",

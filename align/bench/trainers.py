@@ -9,7 +9,10 @@ is part of the workload, so TRL gets it too (with the same chat template). Every
 TRL's default, e.g. gradient checkpointing on, padded random batches and, for DPO, a reference model TRL loads
 itself and runs in every step. KTO gets the same unpaired rows on both sides, shuffled once with the recipe's seed
 as the stage does (its KL term pairs each row with its batch neighbours), and both sides keep TRL's default loss
-weights (the stage's balancing by the counts changes the loss, not the work).
+weights (the stage's balancing by the counts changes the loss, not the work). GRPO and RLOO get the same prompts
+and the same reward functions (the recipe's `rewards`; the benchmark's default is the length penalty alone, as
+it has no reward model), and the workload settings of the group: replies per prompt, reply length, sampling
+temperature and beta (beta > 0 adds a reference forward per step).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-STAGES = ("sft", "rm", "dpo", "kto")
+STAGES = ("sft", "rm", "dpo", "kto", "grpo", "rloo")
+ONLINE = ("grpo", "rloo")
 SIDES = ("align", "trl")
 
 #: Config fields that name paths or are derived, not chosen: left out of the "what ran" listing.
@@ -34,7 +38,8 @@ def bench_recipe(spec: dict):
     steps = spec["steps"]
     # No checkpoint inside the timed steps, as on TRL's side (its save_steps=500 lies beyond them).
     overrides = [f"model.source={spec['model']}", "device=cpu", f"runs_dir={Path(spec['work_dir']) / 'runs'}",
-                 f"{stage}.max_steps={steps}", f"{stage}.save_steps={steps + 1}", *spec.get("overrides", [])]
+                 f"{stage}.max_steps={steps}", f"{stage}.save_steps={steps + 1}",
+                 *([f"{stage}.rewards=[length]"] if stage in ONLINE else []), *spec.get("overrides", [])]
     return load_recipe(spec["recipe"], overrides)
 
 
@@ -42,10 +47,15 @@ def training_rows(stage: str, options, steps: int, seed: int = 0):
     """The rows both sides train on: the recipe's data, enough for `steps` optimizer steps (more for the reward
     model, which leaves out pairs longer than max_length, and for KTO, which leaves out prompts that fill it)."""
     from align.data.preferences import load_preferences
-    from align.data.registry import load_chat
+    from datasets import Dataset
+
+    from align.data.registry import load_chat, load_prompts
     from align.data.unpaired import load_unpaired
 
     needed = steps * options.batch_size * options.grad_accum
+    if stage in ONLINE:
+        return Dataset.from_list([{"prompt": row["prompt"]} for row in load_prompts(options.data, "train",
+                                                                                     limit=needed).rows])
     if stage == "sft":
         return load_chat(options.data, "train", limit=needed).to_dataset()
     if stage == "kto":
@@ -105,6 +115,10 @@ def align_trainer(stage: str, cfg, dataset, work_dir: Path):
     ctx = StageContext(name=stage, cfg=cfg, parent=Parent(cfg.model.source), work=work, device="cpu",
                        dtype=models.choose_dtype(cfg.model.dtype, "cpu"))
     source = cfg.model.source
+    if stage in ONLINE:
+        tokenizer = models.load_tokenizer(source, cfg.model)
+        model = models.load_causal_lm(source, cfg.model, device="cpu", dtype=ctx.dtype)
+        return module.build_trainer(ctx, model, tokenizer, dataset, online_rewards(cfg, stage)), model
     if stage == "sft":
         model, tokenizer = module.load_model(ctx)
         return module.build_trainer(ctx, model, tokenizer, dataset), model
@@ -120,11 +134,27 @@ def align_trainer(stage: str, cfg, dataset, work_dir: Path):
     return module.build_trainer(ctx, model, reference, tokenizer, dataset), model
 
 
+def online_rewards(cfg, stage: str) -> list:
+    """The reward functions of the recipe's `rewards` (the same callables on both sides)."""
+    from types import SimpleNamespace
+
+    from align.runs import Parent
+    from align.stages._online import reward_functions, reward_terms, stage_reward_model
+
+    ctx = SimpleNamespace(name=stage, options=cfg[stage], cfg=cfg, device="cpu", parent=Parent(cfg.model.source),
+                          work=SimpleNamespace(run_dir=Path(cfg.runs_dir) / "bench"))
+    terms = reward_terms(ctx)
+    reward_dir = stage_reward_model(ctx, cfg[stage].reward_model, required="rm" in terms)
+    return reward_functions(ctx, terms, reward_dir)
+
+
 # ------------------------------------------------------------------------------------------------- TRL's side
 
 
 def trl_trainer(stage: str, cfg, dataset, work_dir: Path):
     """(trainer, trained model): plain TRL with its documented defaults and only the workload settings."""
+    from types import SimpleNamespace
+
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -151,6 +181,20 @@ def trl_trainer(stage: str, cfg, dataset, work_dir: Path):
         torch.manual_seed(cfg.seed)  # the new head's initialisation, as on align's side
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
         return RewardTrainer(model=model, args=RewardConfig(**workload), train_dataset=dataset,
+                             processing_class=tokenizer), model
+    if stage in ONLINE:
+        from trl import GRPOConfig, RLOOConfig, GRPOTrainer, RLOOTrainer
+
+        from align.stages._online import reward_terms
+
+        config_class, trainer_class = (GRPOConfig, GRPOTrainer) if stage == "grpo" else (RLOOConfig, RLOOTrainer)
+        weights = list(reward_terms(SimpleNamespace(name=stage, options=options)).values())
+        del workload["max_length"]  # no such field: prompts are trimmed as the stage trims them
+        args = config_class(**workload, num_generations=options.num_generations, beta=options.beta,
+                            max_completion_length=options.max_new_tokens, temperature=options.temperature,
+                            reward_weights=weights)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return trainer_class(model=model, reward_funcs=online_rewards(cfg, stage), args=args, train_dataset=dataset,
                              processing_class=tokenizer), model
     if stage == "kto":
         from trl import KTOConfig, KTOTrainer
@@ -223,6 +267,6 @@ def measure_stage(spec: dict) -> dict:
                 "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
                 "batch_size": trainer.args.per_device_train_batch_size,
                 "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-                "max_length": trainer.args.max_length,
+                "max_length": getattr(trainer.args, "max_length", None),  # GRPO, RLOO: prompt + max_completion
                 "align_speedups": list(getattr(trainer, "align_speedups", []))},
     }

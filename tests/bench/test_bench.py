@@ -26,7 +26,7 @@ def quick_bench(tmp_path_factory, small_scorer):
 
 def test_every_training_stage_has_both_sides_with_positive_throughput(quick_bench):
     results, _ = quick_bench
-    assert set(results["stages"]) == {"sft", "rm", "dpo", "kto"}
+    assert set(results["stages"]) == {"sft", "rm", "dpo", "kto", "grpo", "rloo"}
     for stage, entry in results["stages"].items():
         for side in ("align", "trl"):
             r = entry[side]
@@ -41,7 +41,10 @@ def test_every_training_stage_has_both_sides_with_positive_throughput(quick_benc
             assert align_ran[key] == trl_ran[key]
         assert trl_ran["gradient_checkpointing"] and not align_ran["gradient_checkpointing"]
         assert trl_ran["align_speedups"] == []
-        if stage == "kto":  # KTO's KL term pairs rows with their batch neighbours: TRL's order is kept
+        if stage in ("grpo", "rloo"):  # TRL's sampler repeats each prompt num_generations times: kept
+            assert "length-grouped batches" not in align_ran["align_speedups"]
+            assert align_ran["settings"]["num_generations"] == trl_ran["settings"]["num_generations"]
+        elif stage == "kto":  # KTO's KL term pairs rows with their batch neighbours: TRL's order is kept
             assert "length-grouped batches" not in align_ran["align_speedups"]
             assert "LM head on labelled positions only" in align_ran["align_speedups"]
         else:
@@ -55,7 +58,7 @@ def test_mfu_is_achieved_flops_over_the_measured_peak(quick_bench):
     for stage, entry in results["stages"].items():
         for side in ("align", "trl"):
             r = entry[side]
-            assert r["flops_per_token"] == {"dpo": 8, "kto": 12}.get(stage, 6) * r["parameters"]
+            assert r["flops_per_token"] == {"dpo": 8, "kto": 12, "grpo": 8, "rloo": 8}.get(stage, 6) * r["parameters"]
             assert r["achieved_flops"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"])
             assert r["mfu"] == pytest.approx(r["achieved_flops"] / peaks[r["mfu_dtype"]])
             assert r["mfu"] > 0
