@@ -44,9 +44,10 @@ class ServeOptions:
     filter_scorer: str = opt("offline", "the output filter's toxicity scorer (as the gate's toxicity.scorer)")
     log_requests: Any = opt(False, "append every prompt and reply to a JSONL file: false (off), true (requests.jsonl "
                                    "in the served run's folder) or a file path")
-    keep_completions: str = opt("store", "where completions wait for /v1/feedback: store (the label store, so "
-                                         "feedback survives a restart) or memory (prompts and replies never written "
-                                         "to disk; a restart forgets them)", choices=KEEP_COMPLETIONS)
+    keep_completions: str = opt("memory", "where completions wait for /v1/feedback: memory (prompts and replies "
+                                          "never written to disk; a restart forgets them) or store (the label store, "
+                                          "so feedback survives a restart: every prompt and reply is kept there)",
+                                choices=KEEP_COMPLETIONS)
     keep_max: int = opt(10_000, "completions kept for feedback; past it the oldest are dropped", min=1,
                         max=100_000_000)
     keep_days: float = opt(7.0, "completions older than this many days are dropped (and take no feedback)",

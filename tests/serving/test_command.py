@@ -127,7 +127,7 @@ def test_the_command_serves_the_openai_client_until_killed(runs, tmp_path):
         assert reply.id in log.read_text()
     finally:
         out = _kill(process)
-    assert "align serve: demo/sft" in out and f"prompt logging {log}" in out and "completions kept in store" in out
+    assert "align serve: demo/sft" in out and f"prompt logging {log}" in out and "completions kept in memory" in out
 
 
 @pytest.mark.slow  # two server processes: about 80 s on the shared 2 cores (tests/serving/test_restart.py restarts
@@ -136,12 +136,12 @@ def test_feedback_after_the_command_was_killed_and_started_again(runs, tmp_path)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _start(runs, tmp_path, port)
+    process = _start(runs, tmp_path, port, "serve.keep_completions=store")
     try:
         reply = _hello(url)
     finally:
         _kill(process)
-    process = _start(runs, tmp_path, port)
+    process = _start(runs, tmp_path, port, "serve.keep_completions=store")
     try:
         rated = httpx.post(url + "/v1/feedback", json={"completion_id": reply.id, "rating": "up"}, timeout=60)
     finally:

@@ -31,9 +31,8 @@ def test_the_recipe_key_turns_prompt_logging_on_into_the_runs_folder(demo_runs):
 
 def test_logging_is_off_by_default_so_no_prompt_reaches_a_file_and_a_recipe_file_can_name_the_log(demo_runs,
                                                                                                     tmp_path):
-    with serving_command("--config", "tiny", "--run", "demo", "--runs-dir", demo_runs,
-                         "keep_completions=memory") as (url, prepared):
-        ask(url)
+    with serving_command("--config", "tiny", "--run", "demo", "--runs-dir", demo_runs) as (url, prepared):
+        ask(url)  # the defaults: no log, completions kept in memory only
     assert prepared.service.log_path is None
     written = [p for p in tmp_path.rglob("*") if p.is_file() and b"blue whales" in p.read_bytes()]
     assert written == []  # neither a log nor the label store holds the prompt

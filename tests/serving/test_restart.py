@@ -1,6 +1,7 @@
-"""Feedback on a completion made before the server restarted: with `serve.keep_completions=store` (the default) the
+"""Feedback on a completion made before the server restarted: with `serve.keep_completions=store` the
 completion waits in the label store (SQLite or PostgreSQL), so the feedback lands and exports as the chat app's;
-with `memory` nothing of it reaches the store and a restart forgets it (a 404 in OpenAI's shape)."""
+with `memory` (the default: prompts and replies reach the disk only when the recipe
+says so) nothing of it reaches the store and a restart forgets it (a 404 in OpenAI's shape)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def feedback(url, **body):
 
 
 def test_feedback_after_a_restart_lands_in_the_store_and_exports(demo_runs, label_db):
-    argv = ("--config", "tiny", "--run", "demo", "--runs-dir", demo_runs, "--store", label_db)
+    argv = ("--config", "tiny", "--run", "demo", "--runs-dir", demo_runs, "--store", label_db,
+            "serve.keep_completions=store")
     with serving_command(*argv) as (url, _):
         reply = two_replies(url)
     first, second = (choice.message.content for choice in reply.choices)
