@@ -184,14 +184,13 @@ def check_local_parent(ctx, policy) -> None:
 # ------------------------------------------------------------------------------------------ rewards
 
 
-def stage_reward_model(ctx, choice, *, required: bool) -> Path | None:
+def stage_reward_model(ctx, choice, *, required: bool, key: str = "reward_model") -> Path | None:
     """The reward model a stage trains with, by align.reward.find_reward_model's rule (`<stage>.<key>` explicit,
     else this run's rm, else the parent run's, else — said so — the latest promoted rm under runs_dir); a
     ConfigError when `required` and there is none."""
     from align.errors import ConfigError
     from align.reward import find_reward_model
 
-    key = "reward" if ctx.name == "ppo" else "reward_model"
     found = find_reward_model(choice, run_dir=Path(ctx.work.run_dir), parent_run_dir=ctx.parent.run_dir,
                               runs_dir=Path(ctx.cfg.runs_dir), key=f"{ctx.name}.{key}",
                               say=lambda message: log.info(f"{ctx.name}: {message}"))

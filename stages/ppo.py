@@ -120,7 +120,7 @@ def resolve_reward(ctx) -> Path:
     else of the parent's run, else (said so) the latest promoted rm under runs_dir; ConfigError when none."""
     from align.stages._online import stage_reward_model
 
-    return stage_reward_model(ctx, ctx.options.reward, required=True)
+    return stage_reward_model(ctx, ctx.options.reward, required=True, key="reward")
 
 
 def load_value_model(reward_dir: Path, tokenizer, ctx):
