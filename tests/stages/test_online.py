@@ -140,3 +140,27 @@ def test_the_pipeline_runs_grpo_and_rloo_after_the_runs_sft(tmp_path, tiny_model
     for stage in STAGES:
         manifest = _manifest(runs / "loop" / stage)
         assert manifest["parent"]["path"] == str(runs / "loop" / "sft") and manifest["metrics"]["steps"] == 1
+
+
+def test_the_toxicity_term_is_minus_the_gate_scorers_probability(small_scorer):
+    from types import SimpleNamespace
+
+    from align.gates.toxicity import load_scorer
+    from align.stages._online import reward_functions
+
+    options = SimpleNamespace(toxicity_model=small_scorer, max_new_tokens=8, batch_size=8, max_length=128)
+    [toxicity] = reward_functions(SimpleNamespace(name="rloo", options=options, device="cpu"), {"toxicity": 1.0}, None)
+    replies = ["You are a wonderful person.", "I hate you, you idiot."]
+    scores = toxicity(prompts=[[{"role": "user", "content": "Hi?"}]] * 2,
+                      completions=[[{"role": "assistant", "content": text}] for text in replies], completion_ids=[[]] * 2)
+    expected = load_scorer(small_scorer, "cpu").score(replies, progress=False)["toxicity"]
+    assert scores == pytest.approx([-float(p) for p in expected]) and all(-1 <= s <= 0 for s in scores)
+
+
+def test_with_lora_the_parent_is_the_adapter_switched_off(tmp_path, tiny_sft):
+    runs = tmp_path / "runs"
+    assert run_cli("grpo", "--config", "tiny", "--from", tiny_sft, "--run", "lora", f"runs_dir={runs}",
+                   f"rewards=[{MARKER_TERM}]", "lora.enabled=true", "lora.r=4", "lora.alpha=8", "lr=2e-2") == 0
+    manifest = _manifest(runs / "lora" / "grpo")
+    assert manifest["model"]["format"] == "lora-merged" and manifest["metrics"]["steps"] == 2
+    assert manifest["metrics"]["eval_kl_per_sequence"] > 0  # the merged child differs from the adapter-free parent
