@@ -122,6 +122,8 @@ def run_segment(segment, rank: int) -> None:
     rows; writes its kept and removed rows, and its tallies (with the reader's notes), under its folder."""
     folder = Path(segment.folder)
     here = folder / f"segment-{segment.index}"
+    if any(folder.glob("segment-*/error-*.txt")):  # an earlier task met bad input: nothing left to do
+        return
     options, reader = segment.options, None
     if segment.index == 0:
         share = (0, 1) if segment.ordered else (rank, segment.shards)
@@ -136,9 +138,10 @@ def run_segment(segment, rank: int) -> None:
     output = ShardOutput(here, rank, segment.shards if segment.ordered else 1)
     try:
         tallies = flow.run(chunks, read_step, steps, output)
-    except DataError as error:  # named once, by the process that collects: one line, exit 2
+    except AlignError as error:  # said once, by the process that collects: one line, exit 2 (not raised here: a
+        # DataError does not survive the trip back through the worker pool, which then hangs)
         (here / f"error-{rank:05d}.txt").write_text(str(error), encoding="utf-8")
-        raise
+        return
     finally:
         output.close()
     state = {"tallies": [t.to_json() for t in tallies]}

@@ -131,3 +131,15 @@ def test_datatrove_local_executor_with_two_workers_matches_one_process(in_memory
     assert not work_logs  # the shards' files went with the work folder
     removed = [json.loads(line) for line in (sharded / "removed.jsonl").read_text().splitlines()]
     assert any(r["reason"] == "near_duplicate" and r["detail"].endswith("chats.jsonl:3") for r in removed)
+
+
+@pytest.mark.timeout(300)
+def test_datatrove_bad_line_in_a_shard_is_one_error_line_with_nothing_written(tmp_path, capsys):
+    rows = [chat(f"Question {i} about {w}?", f"Answer {i} about {w}.") for i, w in enumerate(VOCAB[:20])]
+    data = write_jsonl(tmp_path / "late.jsonl", [*rows, "{not json"])
+    runs = tmp_path / "runs"
+    assert run_cli("curate", "--config", "tiny", f"runs_dir={runs}", f"data={data}", "executor=local", "tasks=2",
+                   "workers=2", "toxicity.enabled=false", "language.enabled=false", "length.enabled=false",
+                   "progress=false") == 2
+    assert f"error: {data}, row 21: not valid JSON" in capsys.readouterr().err
+    assert not runs.exists()
