@@ -133,6 +133,7 @@ completions = sa.Table(
     sa.Column("replies_json", sa.Text, nullable=False),  # [reply of each choice]
     sa.Column("withheld_json", sa.Text, nullable=False),  # [whether the output filter withheld it]
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("owner", sa.String(100)),  # the API key's name that made it (only it may rate it); NULL: any caller
     sa.Index("completions_by_time", "created_at"),
 )
 
@@ -165,8 +166,15 @@ def _v4_kept_completions(conn: Connection) -> None:
     completions.create(conn, checkfirst=True)
 
 
+def _v5_completion_owner(conn: Connection) -> None:
+    """Version 5: a kept completion names the API key that made it, so that only that key's holder rates it.
+    Completions kept before this version have no owner (NULL): they stay open to any caller until they expire."""
+    if "owner" not in {column["name"] for column in sa.inspect(conn).get_columns("completions")}:
+        conn.execute(sa.text("ALTER TABLE completions ADD COLUMN owner VARCHAR(100)"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core_tables, _v2_feedback, _v3_feedback_auth,
-                                                  _v4_kept_completions]
+                                                  _v4_kept_completions, _v5_completion_owner]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -826,16 +834,17 @@ class LabelStore:
 
     # -- served completions kept for feedback
     def keep_completion(self, completion_id: str, conversation: Sequence[Mapping], replies: Sequence[str],
-                        withheld: Sequence[bool], *, model: str | None = None, keep_max: int = 10_000,
-                        keep_seconds: float = 7 * 86400.0, now: float | None = None) -> None:
-        """Keep a served completion for later feedback, then drop those older than `keep_seconds` and all but
-        the newest `keep_max` (one transaction)."""
+                        withheld: Sequence[bool], *, model: str | None = None, owner: str | None = None,
+                        keep_max: int = 10_000, keep_seconds: float = 7 * 86400.0, now: float | None = None) -> None:
+        """Keep a served completion for later feedback (`owner`: the API key's name that made it, None when the
+        server takes no keys), then drop those older than `keep_seconds` and all but the newest `keep_max` (one
+        transaction)."""
         now = time.time() if now is None else now
         with self._write() as conn:
             conn.execute(completions.insert().values(
                 completion_id=completion_id, model=model, conversation_json=_dumps(list(conversation)),
                 replies_json=_dumps(list(replies)), withheld_json=_dumps([bool(w) for w in withheld]),
-                created_at=now))
+                created_at=now, owner=owner))
             conn.execute(completions.delete().where(completions.c.created_at < now - keep_seconds))
             newest = conn.scalar(sa.select(sa.func.max(completions.c.seq)))
             conn.execute(completions.delete().where(completions.c.seq <= newest - keep_max))
@@ -851,7 +860,7 @@ class LabelStore:
             return None
         return {"completion_id": row.completion_id, "model": row.model,
                 "conversation": json.loads(row.conversation_json), "replies": json.loads(row.replies_json),
-                "withheld": json.loads(row.withheld_json), "created_at": row.created_at}
+                "withheld": json.loads(row.withheld_json), "created_at": row.created_at, "owner": row.owner}
 
     def count_completions(self) -> int:
         with self._read() as conn:

@@ -156,9 +156,10 @@ class Completion:
     """One completion's events as they come (`run`), its choices filtered when finished, and its bookkeeping."""
 
     def __init__(self, service: Service, served: ServedModel, request: GenerationRequest, events: asyncio.Queue,
-                 messages: list[dict], caller: str):
+                 messages: list[dict], caller: str, keyed: bool = False):
         self.service, self.served, self.request, self.events = service, served, request, events
         self.messages, self.caller = messages, caller
+        self.owner = caller if keyed else None  # only this key's holder may give feedback on it
         self.id, self.created = protocol.completion_id(), protocol.now()
         n = request.n
         self.texts, self.finish, self.tokens, self.extra = [""] * n, [None] * n, [0] * n, [{} for _ in range(n)]
@@ -203,7 +204,7 @@ class Completion:
         first = None if self.first_text_at is None else self.first_text_at - self.request.submitted_at
         service.metrics.completion(len(self.request.prompt_ids), sum(self.tokens), latency, first)
         service.completions.keep(self.id, Kept(self.served.chat_model.name, self.messages, list(self.texts),
-                                               list(self.withheld)))
+                                               list(self.withheld), owner=self.owner))
         service.log({"id": self.id, "model": self.served.id, "caller": self.caller, "messages": self.messages,
                      "replies": self.texts, "finish_reasons": self.finish})
 
@@ -257,13 +258,13 @@ def build_app(service: Service) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        name, _ = caller(request)
+        name, keyed = caller(request)
         raw = await _body(request, service.limits.max_request_bytes)
         body = protocol.parse_body(raw, protocol.ChatCompletionRequest)
         served = _model(service, body.model)
         engine = await run_in_threadpool(served.engine)
         generation, events, messages = _generation(service, served, engine, body)
-        completion = Completion(service, served, generation, events, messages, name)
+        completion = Completion(service, served, generation, events, messages, name, keyed)
         engine.submit(generation)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))

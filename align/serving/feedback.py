@@ -5,6 +5,9 @@ The completions wait for their feedback where the recipe's `serve.keep_completio
 (`StoredCompletions`: feedback on a completion made before a restart still lands) or in this process's memory only
 (`RememberedCompletions`: prompts and replies never reach the disk; a restart forgets them). Either way only the
 newest `keep_max`, for `keep_days`. One feedback per choice: the store's unique index says so, across restarts.
+On a server that takes API keys a completion belongs to the key that made it: feedback from any other key is
+answered as for a completion that does not exist (404), so that a key holder who learns another caller's completion
+id can neither rate it nor pre-empt its owner's one feedback per choice, nor learn that it exists.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Kept:
     replies: list[str]
     withheld: list[bool]
     created_at: float = field(default_factory=time.time)
+    owner: str | None = None  # the API key's name that made it; None on a server without keys (any caller)
 
 
 class RememberedCompletions:
@@ -67,13 +71,14 @@ class StoredCompletions(RememberedCompletions):
 
     def keep(self, cid: str, kept: Kept) -> None:
         self.store.keep_completion(cid, kept.prompt, kept.replies, kept.withheld, model=kept.model,
-                                   keep_max=self.keep_max, keep_seconds=self.keep_seconds, now=kept.created_at)
+                                   owner=kept.owner, keep_max=self.keep_max, keep_seconds=self.keep_seconds, now=kept.created_at)
 
     def get(self, cid: str) -> Kept | None:
         row = self.store.completion(cid, since=time.time() - self.keep_seconds)
         if row is None:
             return None
-        return Kept(row["model"], row["conversation"], row["replies"], row["withheld"], row["created_at"])
+        return Kept(row["model"], row["conversation"], row["replies"], row["withheld"], row["created_at"],
+                    row["owner"])
 
     def missing(self, cid: str) -> str:
         return (f"no completion {cid!r} in this server's label store (it keeps the newest {self.keep_max} "
@@ -114,9 +119,10 @@ def _checked(kept: Kept, body: protocol.FeedbackRequest) -> str | None:
 def record_feedback(store, completions: RememberedCompletions, body: protocol.FeedbackRequest, user: str,
                     auth: str) -> int:
     """Store the feedback as the chat app does: a rating of the reply, or the preferred alternative chosen over it
-    (model "<model> > <model>", as the chat app's compare choices). Returns the feedback row's id."""
+    (model "<model> > <model>", as the chat app's compare choices). Returns the feedback row's id. `user` is the
+    caller's name; a completion with an owner takes feedback from its owner only (404 for anyone else)."""
     kept = completions.get(body.completion_id)
-    if kept is None:
+    if kept is None or (kept.owner is not None and kept.owner != user):
         raise ApiError(404, completions.missing(body.completion_id), param="completion_id",
                        code="completion_not_found")
     preferred = _checked(kept, body)

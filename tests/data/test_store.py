@@ -73,11 +73,11 @@ def test_opening_an_older_version_migrates_it_and_keeps_its_rows(label_db):
     engine.dispose()
 
     store = open_store(path)
-    assert store.version() == SCHEMA_VERSION == 4
+    assert store.version() == SCHEMA_VERSION == 5
     assert len(store.labels()) == 1 and store.check_password("ada", "pw-ada-secret")
     store.add_feedback(user("hi"), "hello!", rating="up", user="ada", auth="login")
     assert (store.feedback()[0]["rating"], store.feedback()[0]["auth"]) == ("up", "login")
-    assert open_store(path).version() == 4  # opening again is a no-op
+    assert open_store(path).version() == 5  # opening again is a no-op
 
 
 def test_version_4_adds_kept_completions_to_a_version_3_store_with_its_feedback(label_db):
@@ -86,13 +86,24 @@ def test_version_4_adds_kept_completions_to_a_version_3_store_with_its_feedback(
     old.add_feedback(user("hi"), "hello!", rating="down", user="ada", auth="none")
     old.close()
     store = open_store(label_db)
-    assert store.version() == 4 and store.feedback()[0]["rating"] == "down"
+    assert store.version() == SCHEMA_VERSION and store.feedback()[0]["rating"] == "down"
     store.add_feedback(user("hi"), "hello!", rating="up", completion_id="chatcmpl-1", choice=0)
     with pytest.raises(FeedbackExists, match="choice 0 of chatcmpl-1"):
         store.add_feedback(user("hi"), "hey", rejected="hello!", completion_id="chatcmpl-1", choice=0)
     store.add_feedback(user("hi"), "hello!", rating="up", completion_id="chatcmpl-1", choice=1)
     store.add_feedback(user("hi"), "hello!", rating="up")  # chat-UI rows name no completion: never collide
     assert len(store.feedback()) == 4
+
+
+def test_version_5_gives_kept_completions_an_owner_and_keeps_the_older_ones_open(label_db):
+    old = LabelStore(create_store_engine(label_db))
+    assert old.migrate(target=4) == 4
+    old.keep_completion("before", user("q"), ["a"], [False], model="m")  # a version-4 server: no owner column
+    old.close()
+    store = open_store(label_db)
+    assert store.version() == 5 and store.completion("before")["owner"] is None
+    store.keep_completion("after", user("q"), ["a"], [False], model="m", owner="ci")
+    assert store.completion("after")["owner"] == "ci"
 
 
 def test_kept_completions_are_bounded_by_count_and_age(store):

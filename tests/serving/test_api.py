@@ -181,7 +181,7 @@ def test_keys_when_on_refuse_missing_unknown_and_revoked_keys(tmp_path, tiny_mod
     make_run(runs, tiny_model_dir)
     store = open_store(tmp_path / "labels.sqlite")
     keys = ApiKeys(store)
-    good, other = keys.add("ci"), keys.add("old")
+    good, other, eve = keys.add("ci"), keys.add("old"), keys.add("eve")
     keys.revoke("old")
     with serving(runs, "demo", store, keys=keys) as (url, _):
         assert client(url, good).models.list().data[0].id == "demo/sft"
@@ -193,11 +193,14 @@ def test_keys_when_on_refuse_missing_unknown_and_revoked_keys(tmp_path, tiny_mod
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
         assert httpx.get(url + "/metrics").status_code == 401
         reply = client(url, good).chat.completions.create(model="demo/sft", messages=HELLO, max_tokens=3)
-        rated = httpx.post(url + "/v1/feedback", json={"completion_id": reply.id, "rating": "down"},
-                           headers={"Authorization": f"Bearer {good}"})
-        assert rated.status_code == 200
-    assert store.feedback()[-1]["user"] == "ci" and store.feedback()[-1]["auth"] == "login"
-    assert [k["name"] for k in keys.list()] == ["ci", "old"] and "align-" not in str(keys.list())
+        rate = lambda key, rating: httpx.post(url + "/v1/feedback", headers={"Authorization": f"Bearer {key}"},  # noqa: E731
+                                              json={"completion_id": reply.id, "rating": rating})
+        stranger = rate(eve, "up")  # another valid key that learnt the id: as if it did not exist
+        assert stranger.status_code == 404 and stranger.json()["error"]["code"] == "completion_not_found"
+        rated = rate(good, "down")  # the owner's one feedback was not pre-empted
+        assert rated.status_code == 200, rated.text
+    assert [(f["user"], f["rating"], f["auth"]) for f in store.feedback()] == [("ci", "down", "login")]
+    assert [k["name"] for k in keys.list()] == ["ci", "eve", "old"] and "align-" not in str(keys.list())
     store.close()
 
 

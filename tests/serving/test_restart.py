@@ -58,3 +58,25 @@ def test_completions_kept_in_memory_never_reach_the_store_and_a_restart_forgets_
     error = gone.json()["error"]
     assert error["code"] == "completion_not_found" and error["param"] == "completion_id"
     assert reply.id in error["message"] and "keep_completions=memory" in error["message"]
+
+
+def test_a_stored_completion_takes_feedback_from_the_key_that_made_it_only_also_after_a_restart(label_db):
+    from align.data.store import open_store
+    from align.serving.feedback import Kept, StoredCompletions, record_feedback
+    from align.serving.protocol import ApiError, FeedbackRequest
+
+    store = open_store(label_db)
+    StoredCompletions(store).keep("chatcmpl-ci", Kept("m", SEA, ["a", "b"], [False, False], owner="ci"))
+    StoredCompletions(store).keep("chatcmpl-open", Kept("m", SEA, ["a"], [False]))  # a server without keys
+    store.close()
+    store = open_store(label_db)  # the restarted server's store
+    kept = StoredCompletions(store)
+    rate = lambda cid, user: record_feedback(store, kept, FeedbackRequest(completion_id=cid, rating="up"),  # noqa: E731
+                                             user, "login")
+    with pytest.raises(ApiError) as caught:
+        rate("chatcmpl-ci", "eve")
+    assert caught.value.status == 404 and "chatcmpl-ci" in str(caught.value)
+    rate("chatcmpl-ci", "ci")
+    rate("chatcmpl-open", "anyone")
+    assert [(f["user"], f["reply"]) for f in store.feedback()] == [("ci", "a"), ("anyone", "a")]
+    store.close()
