@@ -104,6 +104,29 @@ def find_reward_model(explicit: str | Path | None, *, run_dir: Path | None = Non
     return None
 
 
+def stage_reward_model(ctx, choice, *, required: bool, key: str = "reward_model",
+                       search_runs_dir: bool = True) -> Path | None:
+    """The reward model of a stage (`ctx`: align.driver's stage context) by find_reward_model's rule, with the
+    stage's messages: `<stage>.<key>` explicit, else this run's rm, else the parent run's, else — when
+    `search_runs_dir` (a stage that trains against it), said so — the latest promoted rm under runs_dir. None when
+    there is none and it is not `required` (said so when the choice was automatic); ConfigError when it is."""
+    from align.errors import ConfigError
+    from align.log import log
+
+    found = find_reward_model(choice, run_dir=Path(ctx.work.run_dir), parent_run_dir=ctx.parent.run_dir,
+                              runs_dir=Path(ctx.cfg.runs_dir) if search_runs_dir else None,
+                              key=f"{ctx.name}.{key}", say=lambda message: log.info(f"{ctx.name}: {message}"))
+    if found is not None:
+        log.info(f"{ctx.name}: reward model {found}")
+    elif required:
+        raise ConfigError(f"{ctx.name} needs a reward model: pass {key}=runs/<run>/rm, or train one first with "
+                          f"`python -m align.run rm`")
+    elif choice in (None, "", "auto"):
+        log.info(f"{ctx.name}: no promoted rm in {ctx.work.run_dir} or the parent's run: the win rate vs the parent "
+                 f"is skipped (set {ctx.name}.{key}=<folder> to judge with one)")
+    return found
+
+
 # ------------------------------------------------------------------------------------------ length term
 
 

@@ -69,6 +69,7 @@ def train_online(ctx, build_trainer: Callable) -> dict:
     from align import training
     from align.data.preferences import unique_prompts, trim_prompt
     from align.policy import PolicyAndReference, policy_and_reference
+    from align.reward import stage_reward_model
     from align.stages._pairs import compare_and_save
 
     options = ctx.options
@@ -182,24 +183,6 @@ def check_local_parent(ctx, policy) -> None:
 
 
 # ------------------------------------------------------------------------------------------ rewards
-
-
-def stage_reward_model(ctx, choice, *, required: bool, key: str = "reward_model") -> Path | None:
-    """The reward model a stage trains with, by align.reward.find_reward_model's rule (`<stage>.<key>` explicit,
-    else this run's rm, else the parent run's, else — said so — the latest promoted rm under runs_dir); a
-    ConfigError when `required` and there is none."""
-    from align.errors import ConfigError
-    from align.reward import find_reward_model
-
-    found = find_reward_model(choice, run_dir=Path(ctx.work.run_dir), parent_run_dir=ctx.parent.run_dir,
-                              runs_dir=Path(ctx.cfg.runs_dir), key=f"{ctx.name}.{key}",
-                              say=lambda message: log.info(f"{ctx.name}: {message}"))
-    if found is None and required:
-        raise ConfigError(f"{ctx.name} needs a reward model: pass {key}=runs/<run>/rm, or train one first with "
-                          f"`python -m align.run rm`")
-    if found is not None:
-        log.info(f"{ctx.name}: reward model {found}")
-    return found
 
 
 def reward_functions(ctx, terms: dict[str, float], reward_dir: Path | None) -> list[Callable]:

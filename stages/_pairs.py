@@ -84,11 +84,13 @@ def compare_and_save(ctx, trainer, loaded, prompts, *, beta: float, pairs=(), un
 
     from align import models
     from align.compare import compare_to_parent
+    from align.reward import stage_reward_model
 
     options = ctx.options
     child = trainer.model
     parent, parent_context = (child, child.disable_adapter) if loaded.lora is not None else (loaded.reference, None)
-    judge = judge or reward_model_for(ctx, options.reward_model)  # `judge`: one the stage found already (grpo)
+    if judge is None:  # `judge`: one the stage found already (grpo, rloo)
+        judge = stage_reward_model(ctx, options.reward_model, required=False, search_runs_dir=False)
     with torch.no_grad():
         comparison = compare_to_parent(
             child, parent, loaded.tokenizer, pairs, prompts, beta=beta, reward_model=judge,
@@ -99,21 +101,6 @@ def compare_and_save(ctx, trainer, loaded, prompts, *, beta: float, pairs=(), un
     ctx.model_format = models.save_model(child, loaded.tokenizer, ctx.output_dir, ctx.cfg.lora.save)
     return {**{f"eval_{k}": v for k, v in comparison.items()}, "eval_prompts": len(prompts),
             "reward_model": str(judge) if judge else None}
-
-
-def reward_model_for(ctx, choice: str):
-    """The reward model judging the win rate: align.reward.find_reward_model's rule (explicit folder, else the
-    promoted rm of this run, else of the parent's run), or None (skipped, said so)."""
-    from align.reward import find_reward_model
-
-    found = find_reward_model(choice, run_dir=Path(ctx.work.run_dir), parent_run_dir=ctx.parent.run_dir,
-                              key=f"{ctx.name}.reward_model")
-    if found is not None:
-        log.info(f"{ctx.name}: win rate judged by {found}")
-    elif choice in (None, "", "auto"):
-        log.info(f"{ctx.name}: no promoted rm in {ctx.work.run_dir} or the parent's run: the win rate vs the parent "
-                 f"is skipped (set {ctx.name}.reward_model=<folder> to judge with one)")
-    return found
 
 
 def write_samples(samples: dict, folder) -> None:

@@ -118,7 +118,7 @@ def run(ctx) -> dict:
 def resolve_reward(ctx) -> Path:
     """The reward model, by align.reward.find_reward_model's rule: `ppo.reward`, else the promoted rm of this run,
     else of the parent's run, else (said so) the latest promoted rm under runs_dir; ConfigError when none."""
-    from align.stages._online import stage_reward_model
+    from align.reward import stage_reward_model
 
     return stage_reward_model(ctx, ctx.options.reward, required=True, key="reward")
 

@@ -139,7 +139,8 @@ def online_rewards(cfg, stage: str) -> list:
     from types import SimpleNamespace
 
     from align.runs import Parent
-    from align.stages._online import reward_functions, reward_terms, stage_reward_model
+    from align.reward import stage_reward_model
+    from align.stages._online import reward_functions, reward_terms
 
     ctx = SimpleNamespace(name=stage, options=cfg[stage], cfg=cfg, device="cpu", parent=Parent(cfg.model.source),
                           work=SimpleNamespace(run_dir=Path(cfg.runs_dir) / "bench"))
