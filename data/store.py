@@ -739,14 +739,21 @@ class LabelStore:
                     rows.append(_unpaired_row(f["conversation"], f["reply"], f["rating"] == "up"))
         return rows
 
-    def write_preferences_jsonl(self, path: str | os.PathLike) -> int:
-        """Write `export_preferences()` as JSON Lines; return the number of rows."""
-        rows = self.export_preferences()
+    def write_preferences_jsonl(self, path: str | os.PathLike, kind: str = "pairs") -> int:
+        """Write `export_preferences()` (kind "pairs": what rm/dpo train on) or `export_kto()` ("unpaired": what
+        kto trains on) as JSON Lines, whole or not at all (a temporary file renamed into place); return the
+        number of rows."""
+        exports = {"pairs": self.export_preferences, "unpaired": self.export_kto}
+        if kind not in exports:
+            raise ValueError(f"export kind {kind!r}: one of {', '.join(exports)}")
+        rows = exports[kind]()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as out:
+        partial = path.with_name(path.name + ".partial")
+        with partial.open("w", encoding="utf-8") as out:
             for row in rows:
                 out.write(_dumps(row) + "\n")
+        partial.replace(path)
         return len(rows)
 
     # -- admin figures

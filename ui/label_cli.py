@@ -7,6 +7,7 @@
     python -m align.run label --ssl-certfile cert.pem --ssl-keyfile key.pem --host 0.0.0.0   # HTTPS
     python -m align.run label --store runs/demo/labels.sqlite --annotators-per-item 3
     python -m align.run label --export prefs.jsonl           # consensus pairs, as `labels:<store>` reads them
+    python -m align.run label --export thumbs.jsonl --export-kind unpaired   # kto's rows: thumbs, best/worst
 
 Kept apart from `ui.label` so that building the CLI does not import gradio.
 """
@@ -64,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set-role", choices=ROLES, default=None,
                         help="with --add-user NAME: change the existing account's role (its password is kept)")
     add_tls_arguments(parser)
-    parser.add_argument("--export", metavar="JSONL", help="write the consensus preference pairs to JSONL and exit")
+    parser.add_argument("--export", metavar="JSONL", help="write the labels to JSONL and exit (--export-kind)")
+    parser.add_argument("--export-kind", choices=("pairs", "unpaired"), default="pairs",
+                        help="pairs: the consensus preference pairs and compare choices (rm, dpo); unpaired: "
+                             "desirable/undesirable replies — thumbs, best- and worst-ranked — as kto reads them "
+                             "(default: pairs)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -74,8 +79,9 @@ def main(args: argparse.Namespace) -> int:
     if args.add_user:
         return _save_account(open_store(store_location), args)
     if args.export:
-        rows = open_store(store_location).write_preferences_jsonl(args.export)
-        print(f"wrote {rows} preference pairs to {args.export}")
+        rows = open_store(store_location).write_preferences_jsonl(args.export, args.export_kind)
+        what = "preference pairs" if args.export_kind == "pairs" else "unpaired rows (kto)"
+        print(f"wrote {rows} {what} to {args.export}")
         return 0
     from align.ui.label import serve  # gradio loads only when the app is served
 

@@ -117,6 +117,17 @@ def test_the_label_store_exports_thumbs_compare_choices_and_ranked_replies(tmp_p
     assert loaded.rows == rows and loaded.counts == {"desirable": 3, "undesirable": 3}
     assert load_unpaired(f"labels:{path}", "train", limit=3).counts == {"desirable": 2, "undesirable": 1}
 
+    from tests.helpers import run_cli  # the same rows from the command line, a file kto reads as data=
+
+    exported = tmp_path / "out" / "thumbs.jsonl"
+    assert run_cli("label", "--store", path, "--export", exported, "--export-kind", "unpaired") == 0
+    assert [json.loads(line) for line in exported.read_text().splitlines()] == rows
+    assert load_unpaired(str(exported), "train").counts == {"desirable": 3, "undesirable": 3}
+    assert not list(exported.parent.glob("*.partial"))
+    pairs = tmp_path / "out" / "pairs.jsonl"
+    assert run_cli("label", "--store", path, "--export", pairs) == 0  # the default: preference pairs
+    assert len(pairs.read_text().splitlines()) == len(load_preferences(f"labels:{path}", "train").rows) > 0
+
 
 def test_a_mixed_in_store_too_small_for_a_test_split_leaves_it_to_the_other_part(tmp_path):
     path = tmp_path / "labels.sqlite"
