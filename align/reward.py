@@ -109,7 +109,8 @@ def stage_reward_model(ctx, choice, *, required: bool, key: str = "reward_model"
     """The reward model of a stage (`ctx`: align.driver's stage context) by find_reward_model's rule, with the
     stage's messages: `<stage>.<key>` explicit, else this run's rm, else the parent run's, else — when
     `search_runs_dir` (a stage that trains against it), said so — the latest promoted rm under runs_dir. None when
-    there is none and it is not `required` (said so when the choice was automatic); ConfigError when it is."""
+    there is none and it is not `required` (the win rate's lookup, `search_runs_dir=False`, says that it is skipped);
+    ConfigError when it is."""
     from align.errors import ConfigError
     from align.log import log
 
@@ -121,7 +122,7 @@ def stage_reward_model(ctx, choice, *, required: bool, key: str = "reward_model"
     elif required:
         raise ConfigError(f"{ctx.name} needs a reward model: pass {key}=runs/<run>/rm, or train one first with "
                           f"`python -m align.run rm`")
-    elif choice in (None, "", "auto"):
+    elif choice in (None, "", "auto") and not search_runs_dir:
         log.info(f"{ctx.name}: no promoted rm in {ctx.work.run_dir} or the parent's run: the win rate vs the parent "
                  f"is skipped (set {ctx.name}.{key}=<folder> to judge with one)")
     return found

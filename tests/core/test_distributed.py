@@ -184,6 +184,26 @@ def test_two_process_sft_resumes_after_both_processes_are_killed(tmp_path, tiny_
     assert_same_training(runs / "cut" / "sft", runs / "single" / "sft", parent=tiny_model_dir)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+def test_two_process_online_stages_train_on_both_and_write_once(stage, tmp_path, tiny_model_dir):
+    """grpo and rloo (TRL's trainers, align's rewards and comparison) in 2 processes: one run folder, written and
+    promoted once, trained for the steps asked with the rows of both processes."""
+    runs, scratch = tmp_path / "runs", tmp_path / "tmp"
+    output = launch_two(scratch, stage, "--config", "tiny", "--from", str(tiny_model_dir), "--run", "pair",
+                        f"runs_dir={runs}", "rewards=[python:tests.stages.online_rewards.low_token_share]",
+                        "max_steps=2", "eval_prompts=2")
+    assert output.count(f"[align] {stage} finished") == 1, output[-3000:]
+    assert output.count("win rate vs the parent is skipped") == 1  # said once, by the main process
+    assert sorted(p.name for p in (runs / "pair").iterdir()) == [stage]  # no .work left behind
+    manifest = json.loads((runs / "pair" / stage / "manifest.json").read_text())
+    assert manifest["status"] == "ungated" and manifest["timing"]["world_size"] == 2
+    assert manifest["metrics"]["steps"] == 2
+    assert len(list((runs / "pair" / stage / "logs").glob("events.out.tfevents.*"))) == 1
+    assert (runs / "pair" / stage / "model.safetensors").is_file()
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("align-")] == []
+
+
 def test_ppo_refuses_several_processes_before_writing_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set; refused before joining a group
     runs = tmp_path / "runs"
